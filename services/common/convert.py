@@ -1,0 +1,106 @@
+"""Conversions between domain types and the shared protobuf messages."""
+
+from __future__ import annotations
+
+import json
+
+from services._proto.quarry.common.v1 import common_pb2 as pb
+from services.common.domain import And, Chunk, Condition, FilterNode, Hit, Not, Op, Or, Scalar
+
+_OP_TO_PB = {op: getattr(pb, f"OP_{op.name}") for op in Op}
+_PB_TO_OP = {v: k for k, v in _OP_TO_PB.items()}
+
+
+class InvalidFilterError(ValueError):
+    """A filter message that cannot be turned into a filter tree."""
+
+
+def value_to_pb(value: Scalar) -> pb.Value:
+    if isinstance(value, bool):
+        return pb.Value(b=value)
+    if isinstance(value, int | float):
+        return pb.Value(n=float(value))
+    return pb.Value(s=str(value))
+
+
+def value_from_pb(value: pb.Value) -> Scalar:
+    kind = value.WhichOneof("kind")
+    if kind == "b":
+        return value.b
+    if kind == "n":
+        return value.n
+    if kind == "s":
+        return value.s
+    raise InvalidFilterError("filter value has no kind")
+
+
+def filter_to_pb(node: FilterNode) -> pb.Filter:
+    if isinstance(node, Condition):
+        return pb.Filter(
+            condition=pb.Condition(
+                field=node.field, op=_OP_TO_PB[node.op], values=[value_to_pb(v) for v in node.values]
+            )
+        )
+    if isinstance(node, And):
+        return pb.Filter(all=pb.FilterList(filters=[filter_to_pb(c) for c in node.children]))
+    if isinstance(node, Or):
+        return pb.Filter(any=pb.FilterList(filters=[filter_to_pb(c) for c in node.children]))
+    return pb.Filter(negate=filter_to_pb(node.child))
+
+
+def filter_from_pb(message: pb.Filter) -> FilterNode:
+    kind = message.WhichOneof("node")
+    if kind == "condition":
+        c = message.condition
+        if c.op not in _PB_TO_OP:
+            raise InvalidFilterError(f"unknown filter operator {c.op}")
+        return Condition(c.field, _PB_TO_OP[c.op], tuple(value_from_pb(v) for v in c.values))
+    if kind == "all":
+        return And(tuple(filter_from_pb(f) for f in message.all.filters))
+    if kind == "any":
+        return Or(tuple(filter_from_pb(f) for f in message.any.filters))
+    if kind == "negate":
+        return Not(filter_from_pb(message.negate))
+    raise InvalidFilterError("empty filter node")
+
+
+def chunk_to_pb(chunk: Chunk) -> pb.Chunk:
+    return pb.Chunk(
+        id=chunk.id,
+        index_id=chunk.index_id,
+        file_id=chunk.file_id,
+        file_name=chunk.file_name,
+        content=chunk.content,
+        metadata_json=chunk.metadata_json(),
+        chunk_index=chunk.chunk_index,
+        start_char=chunk.start_char,
+        end_char=chunk.end_char,
+        token_count=chunk.token_count,
+        page_start=chunk.page_start,
+        page_end=chunk.page_end,
+    )
+
+
+def chunk_from_pb(message: pb.Chunk) -> Chunk:
+    return Chunk(
+        id=message.id,
+        index_id=message.index_id,
+        file_id=message.file_id,
+        file_name=message.file_name,
+        content=message.content,
+        metadata=json.loads(message.metadata_json) if message.metadata_json else {},
+        chunk_index=message.chunk_index,
+        start_char=message.start_char,
+        end_char=message.end_char,
+        token_count=message.token_count,
+        page_start=message.page_start,
+        page_end=message.page_end,
+    )
+
+
+def hit_to_pb(hit: Hit) -> pb.Hit:
+    return pb.Hit(chunk=chunk_to_pb(hit.chunk), score=hit.score)
+
+
+def hit_from_pb(message: pb.Hit) -> Hit:
+    return Hit(chunk=chunk_from_pb(message.chunk), score=message.score)

@@ -1,0 +1,124 @@
+"""Domain types shared by the services: chunks, hits and the internal filter tree.
+
+Everything inside a service speaks these frozen dataclasses; only servicers and gRPC
+client wrappers touch generated protobuf messages (see ``services.common.convert``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeAlias
+
+Scalar: TypeAlias = str | float | bool
+MetaValue: TypeAlias = str | int | float | bool | None | list[str | int | float | bool]
+
+#: The filter field that addresses a chunk's parsed file id rather than user metadata.
+FILE_ID_FIELD = "$file_id"
+
+
+class Op(StrEnum):
+    """Filter operators. The v2 API uses the first eight; the legacy tree uses them all."""
+
+    EQ = "eq"
+    NE = "ne"
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+    IN = "in"
+    NIN = "nin"
+    ANY = "any"
+    ALL = "all"
+    CONTAINS = "contains"
+    TEXT_MATCH = "text_match"
+    TEXT_MATCH_INSENSITIVE = "text_match_insensitive"
+    IS_EMPTY = "is_empty"
+
+
+RANGE_OPS = frozenset({Op.GT, Op.GTE, Op.LT, Op.LTE})
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """``metadata[field] <op> values``.
+
+    Semantics every adapter implements identically (the contract suites check it):
+
+    - EQ: the field equals the single value; a list-valued field matches when any element
+      equals it. Numbers compare numerically (2022 == 2022.0); strings exactly; bools as bools.
+    - NE: NOT EQ (a chunk without the field matches).
+    - GT/GTE/LT/LTE: numeric comparison with the single numeric value; missing field: no match.
+    - IN: EQ for any of the values. NIN: NOT IN (a chunk without the field matches).
+    - ANY: like IN (for list fields: any element in values). ALL: every value is an element.
+    - CONTAINS: a string field contains the value as a substring, or a list field has it as
+      an element.
+    - TEXT_MATCH: every token of the value occurs as a token of the string field (case kept);
+      TEXT_MATCH_INSENSITIVE: the same, ignoring case.
+    - IS_EMPTY: the field is missing, null, "" or [].
+    """
+
+    field: str
+    op: Op
+    values: tuple[Scalar, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    children: tuple[FilterNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    children: tuple[FilterNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    child: FilterNode
+
+
+FilterNode: TypeAlias = Condition | And | Or | Not
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A chunk of one parsed file, written to both engines under the same id."""
+
+    id: str
+    index_id: str
+    file_id: str
+    content: str
+    file_name: str = ""
+    metadata: Mapping[str, MetaValue] = field(default_factory=dict)
+    chunk_index: int = 0
+    start_char: int = 0
+    end_char: int = 0
+    token_count: int = 0
+    page_start: int = 0
+    page_end: int = 0
+
+    def metadata_json(self) -> str:
+        return json.dumps(dict(self.metadata), separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    chunk: Chunk
+    score: float
+
+
+def chunk_id(file_id: str, version: int, index: int) -> str:
+    """Deterministic chunk id, so a retried batch overwrites instead of duplicating.
+
+    A UUID-shaped hex string (Qdrant point ids must be UUIDs or integers).
+    """
+    digest = hashlib.sha256(f"{file_id}:{version}:{index}".encode()).hexdigest()[:32]
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

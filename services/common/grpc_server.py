@@ -1,0 +1,138 @@
+"""The grpc.aio server lifecycle every service shares.
+
+settings -> bootstrap -> ``serve``: bind, register servicers, stock health service (SERVING
+only once the backend answers), optional reflection, SIGTERM/SIGINT -> NOT_SERVING ->
+``server.stop(grace)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Register = Callable[[grpc.aio.Server], None]
+Ready = Callable[[], Awaitable[bool]]
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class RunningServer:
+    """A started server; ``stop`` is idempotent. Used by ``serve`` and by tests."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
+                 service_names: Sequence[str], ready: Ready) -> None:
+        self.server = server
+        self.port = port
+        self._health = health_servicer
+        self._names = list(service_names)
+        self._ready = ready
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+        for name in ["", *self._names]:
+            await self._health.set(name, status)
+
+    async def _watch_ready(self, interval: float) -> None:
+        serving: bool | None = None
+        while True:
+            try:
+                ok = await self._ready()
+            except Exception:  # a failing probe means "not ready", never a crash
+                log.exception("readiness probe failed")
+                ok = False
+            if ok != serving:
+                serving = ok
+                await self._set(
+                    health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+            await asyncio.sleep(interval)
+
+    def start_health_watch(self, interval: float = 2.0) -> None:
+        self._watch = asyncio.create_task(self._watch_ready(interval))
+
+    async def stop(self, grace: float) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        await self._health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    settings: ServiceSettings,
+    register: Register,
+    service_names: Sequence[str],
+    ready: Ready,
+) -> RunningServer:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    if settings.reflection:
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    running = RunningServer(server, port, health_servicer, names, ready)
+    running.start_health_watch()
+    if settings.port_file:
+        tmp = Path(settings.port_file + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(settings.port_file)
+    return running
+
+
+async def serve(
+    settings: ServiceSettings,
+    register: Register,
+    service_names: Sequence[str],
+    ready: Ready,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    running = await start_server(settings, register, service_names, ready)
+    log.info("serving %s on %s:%d", ",".join(service_names), settings.host, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", settings.grace_seconds)
+    await running.stop(settings.grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    log.info("stopped")
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a service's async main on uvloop when available."""
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keeps asyncio as fallback
+        asyncio.run(main())

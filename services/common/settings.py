@@ -1,0 +1,21 @@
+"""Settings shared by every process; each service subclasses with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Base for a gRPC service process (prefix set by the subclass, e.g. ``QUARRY_DENSE_``)."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    grace_seconds: float = Field(default=5.0, ge=0)
+    reflection: bool = False
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    # When set, the bound port is written here (used by the launcher with port 0).
+    port_file: str | None = None
