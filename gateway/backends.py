@@ -1,0 +1,109 @@
+"""gRPC clients of the services, one channel per backend, every call under a deadline.
+
+The retrieval legs return domain types; the catalog wrapper returns the files-service
+messages, which ``gateway.shaping`` turns into HTTP models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import grpc
+
+from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
+from services._proto.quarry.files.v1 import files_pb2_grpc
+from services._proto.quarry.rerank.v1 import rerank_pb2, rerank_pb2_grpc
+from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
+from services.common.channels import channel
+from services.common.convert import filter_to_pb, hit_from_pb
+from services.common.domain import FilterNode, Hit
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass
+class Budget:
+    """What is left of one request's time."""
+
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+
+    def remaining(self, floor: float = 0.001) -> float:
+        left = self.seconds - (time.monotonic() - self.started)
+        if left <= floor:
+            raise TimeoutError("request budget exhausted")
+        return left
+
+
+@dataclass(frozen=True)
+class LegResult:
+    hits: list[Hit]
+    seconds: float
+    embed_seconds: float = 0.0
+    failed: bool = False
+
+
+class Backends:
+    """Channels and stubs for every service the gateway calls."""
+
+    def __init__(self, *, dense: str, sparse: str, rerank: str, files: str) -> None:
+        self._channels = {name: channel(addr) for name, addr in
+                          {"dense": dense, "sparse": sparse, "rerank": rerank, "files": files}.items()}
+        self.dense = dense_pb2_grpc.DenseSearchStub(self._channels["dense"])
+        self.sparse = sparse_pb2_grpc.SparseSearchStub(self._channels["sparse"])
+        self.rerank = rerank_pb2_grpc.RerankStub(self._channels["rerank"])
+        self.files = files_pb2_grpc.FilesStub(self._channels["files"])
+
+    async def dense_search(
+        self, index_id: str, query: str, top_k: int, flt: FilterNode | None, timeout: float
+    ) -> LegResult:
+        request = dense_pb2.SearchRequest(index_id=index_id, query=query, top_k=top_k)
+        if flt is not None:
+            request.filter.CopyFrom(filter_to_pb(flt))
+            request.has_filter = True
+        start = time.perf_counter()
+        response = await self.dense.Search(request, timeout=timeout)
+        return LegResult([hit_from_pb(h) for h in response.hits], time.perf_counter() - start,
+                         response.embed_seconds)
+
+    async def sparse_search(
+        self, index_id: str, query: str, top_k: int, flt: FilterNode | None, timeout: float
+    ) -> LegResult:
+        request = sparse_pb2.SearchRequest(index_id=index_id, query=query, top_k=top_k)
+        if flt is not None:
+            request.filter.CopyFrom(filter_to_pb(flt))
+            request.has_filter = True
+        start = time.perf_counter()
+        response = await self.sparse.Search(request, timeout=timeout)
+        return LegResult([hit_from_pb(h) for h in response.hits], time.perf_counter() - start)
+
+    async def rerank_scores(self, query: str, passages: Sequence[str], timeout: float) -> list[float]:
+        response = await self.rerank.Score(
+            rerank_pb2.ScoreRequest(query=query, passages=list(passages)), timeout=timeout
+        )
+        return list(response.scores)
+
+    async def drop_index(self, index_id: str, timeout: float) -> None:
+        await asyncio.gather(
+            self.dense.DropIndex(dense_pb2.DropIndexRequest(index_id=index_id), timeout=timeout),
+            self.sparse.DropIndex(sparse_pb2.DropIndexRequest(index_id=index_id), timeout=timeout),
+        )
+
+    async def health(self, timeout: float = 1.0) -> dict[str, str]:
+        """Health of every backend (the stock grpc.health.v1 service)."""
+
+        async def one(name: str, ch: grpc.aio.Channel) -> tuple[str, str]:
+            try:
+                response = await health_pb2_grpc.HealthStub(ch).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout
+                )
+                return name, health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            except grpc.aio.AioRpcError as exc:
+                return name, exc.code().name
+
+        return dict(await asyncio.gather(*(one(n, c) for n, c in self._channels.items())))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._channels.values()))

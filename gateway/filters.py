@@ -1,0 +1,82 @@
+"""Compile the v2 ``custom_filters`` / ``static_filters`` into the internal filter tree.
+
+Pure functions; they never mutate their input. A filter that cannot mean anything (a range
+operator on a string, a list for ``eq``) raises ``FilterError`` with the location of the
+offending field, which the API turns into a 422.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from gateway.models import CustomFilter, RangeBound, StaticFilters, StrFilter
+from services.common.domain import FILE_ID_FIELD, RANGE_OPS, And, Condition, FilterNode, Op, Scalar, is_number
+
+_LIST_OPS = frozenset({Op.IN, Op.NIN})
+
+
+class FilterError(ValueError):
+    def __init__(self, loc: Sequence[str | int], msg: str) -> None:
+        super().__init__(msg)
+        self.loc = tuple(loc)
+        self.msg = msg
+
+
+def _condition(field: str, op: Op, value: object, loc: tuple[str | int, ...]) -> Condition:
+    if op in _LIST_OPS:
+        values = list(value) if isinstance(value, list) else [value]
+        if not values:
+            raise FilterError((*loc, "value"), f"operator {op.value} needs at least one value")
+    else:
+        if isinstance(value, list):
+            raise FilterError((*loc, "value"), f"operator {op.value} takes a single value, not a list")
+        values = [value]
+    if op in RANGE_OPS and not all(is_number(v) for v in values):
+        raise FilterError((*loc, "value"), f"operator {op.value} needs a number")
+    return Condition(field, op, tuple(_scalar(v) for v in values))
+
+
+def _scalar(value: object) -> Scalar:
+    if isinstance(value, bool | str):
+        return value
+    if is_number(value):
+        return float(value)  # type: ignore[arg-type]
+    raise TypeError(f"not a scalar: {value!r}")
+
+
+def compile_custom_filters(
+    custom: Mapping[str, CustomFilter | list[RangeBound] | None] | None,
+) -> list[FilterNode]:
+    """One condition per field (or per range bound); the caller ANDs them."""
+    nodes: list[FilterNode] = []
+    for field, spec in (custom or {}).items():
+        loc: tuple[str | int, ...] = ("body", "custom_filters", field)
+        if not field or field.startswith("$"):
+            raise FilterError(loc, "metadata field names must be non-empty and not start with '$'")
+        if spec is None:
+            continue
+        if isinstance(spec, list):
+            for i, bound in enumerate(spec):
+                nodes.append(_condition(field, Op(bound.operator), bound.value, (*loc, i)))
+        else:
+            nodes.append(_condition(field, Op(spec.operator), spec.value, loc))
+    return nodes
+
+
+def compile_static_filters(static: StaticFilters | None) -> list[FilterNode]:
+    if static is None or static.parsed_directory_file_id is None:
+        return []
+    spec: StrFilter = static.parsed_directory_file_id
+    loc = ("body", "static_filters", "parsed_directory_file_id")
+    op = Op(spec.operator)
+    if op in RANGE_OPS:
+        raise FilterError((*loc, "operator"), "file ids support eq, ne, in and nin")
+    return [_condition(FILE_ID_FIELD, op, spec.value, loc)]
+
+
+def conjunction(nodes: Sequence[FilterNode]) -> FilterNode | None:
+    if not nodes:
+        return None
+    if len(nodes) == 1:
+        return nodes[0]
+    return And(tuple(nodes))

@@ -1,0 +1,95 @@
+"""Fusion of the dense and sparse rankings. Pure functions over hand-built rankings.
+
+- ``relative_score`` (default): min-max normalise each leg's scores to [0, 1], then a convex
+  combination with the leg weights. A chunk missing from a leg contributes 0 for that leg.
+- ``dbsf``: distribution-based score fusion: each leg normalised with mean +- 3 standard
+  deviations clipped to [0, 1], then the same convex combination.
+- ``rrf``: reciprocal rank fusion, sum of weight / (k + rank), scaled so a chunk ranked first by
+  every leg with weight > 0 scores 1.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from services.common.domain import Chunk, Hit
+
+RRF_K = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Fused:
+    chunk: Chunk
+    score: float
+    dense_score: float | None
+    sparse_score: float | None
+
+
+def _minmax(scores: Sequence[float]) -> list[float]:
+    if not scores:
+        return []
+    lo, hi = min(scores), max(scores)
+    if hi - lo <= 1e-12:
+        return [1.0] * len(scores)
+    return [(s - lo) / (hi - lo) for s in scores]
+
+
+def _dbsf(scores: Sequence[float]) -> list[float]:
+    if not scores:
+        return []
+    if len(scores) == 1:
+        return [1.0]
+    mean = statistics.fmean(scores)
+    std = statistics.pstdev(scores)
+    if std <= 1e-12:
+        return [1.0] * len(scores)
+    lo, hi = mean - 3 * std, mean + 3 * std
+    return [min(1.0, max(0.0, (s - lo) / (hi - lo))) for s in scores]
+
+
+def _rank_scores(scores: Sequence[float]) -> list[float]:
+    return [1.0 / (RRF_K + rank) for rank in range(1, len(scores) + 1)]
+
+
+_NORMALISERS: dict[str, Callable[[Sequence[float]], list[float]]] = {
+    "relative_score": _minmax,
+    "dbsf": _dbsf,
+    "rrf": _rank_scores,
+}
+
+
+def fuse(
+    dense: Sequence[Hit],
+    sparse: Sequence[Hit],
+    *,
+    dense_weight: float,
+    sparse_weight: float,
+    method: str = "relative_score",
+) -> list[Fused]:
+    """Combine two rankings (each sorted best first) into one, best first.
+
+    Ties break by chunk id so the order is deterministic.
+    """
+    normalise = _NORMALISERS[method]
+    total = dense_weight + sparse_weight
+    if total <= 0:
+        return []
+    combined: dict[str, list[float]] = {}
+    chunks: dict[str, Chunk] = {}
+    raw: dict[str, list[float | None]] = {}
+    for leg, (hits, weight) in enumerate(((dense, dense_weight), (sparse, sparse_weight))):
+        if weight <= 0:
+            continue
+        for hit, norm in zip(hits, normalise([h.score for h in hits]), strict=True):
+            cid = hit.chunk.id
+            chunks.setdefault(cid, hit.chunk)
+            combined.setdefault(cid, [0.0])[0] += weight * norm
+            raw.setdefault(cid, [None, None])[leg] = hit.score
+    scale = total * (1.0 / (RRF_K + 1)) if method == "rrf" else total
+    fused = [
+        Fused(chunks[cid], value[0] / scale, raw[cid][0], raw[cid][1]) for cid, value in combined.items()
+    ]
+    fused.sort(key=lambda f: (-f.score, f.chunk.id))
+    return fused

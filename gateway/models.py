@@ -1,0 +1,282 @@
+"""The HTTP wire contract (API_CONTRACT.md), as pydantic models.
+
+Every optional field accepts explicit ``null`` (the SDKs send ``None`` kwargs as null) and
+unknown top-level fields are ignored (``extra_body``). Filter operators and weights are
+validated strictly: a bad one is a 422 whose ``loc`` names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+V2Op = Literal["eq", "ne", "gt", "lt", "gte", "lte", "in", "nin"]
+Weight = Annotated[float, Field(ge=0.0, le=1.0)]
+MetaScalar = str | bool | float
+MetadataValue = str | int | float | bool | None | list[str] | list[int | float | str | bool]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- retrieval ---------------------------------------------------------------------------
+
+
+class CustomFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: V2Op
+    value: bool | float | str | list[bool | float | str]
+
+
+class RangeBound(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: V2Op
+    value: float | list[float]
+
+
+class StrFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    operator: V2Op
+    value: str | list[str]
+
+
+class StaticFilters(_Request):
+    parsed_directory_file_id: StrFilter | None = None
+
+
+class RerankConfig(_Request):
+    enabled: bool | None = None
+    top_n: Annotated[int, Field(ge=1)] | None = None
+
+
+Fusion = Literal["relative_score", "rrf", "dbsf"]
+
+
+class RetrieveRequest(_Request):
+    index_id: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    custom_filters: dict[str, CustomFilter | list[RangeBound] | None] | None = None
+    full_text_pipeline_weight: Weight | None = None
+    vector_pipeline_weight: Weight | None = None
+    num_candidates: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    rerank: RerankConfig | None = None
+    score_threshold: float | None = None
+    static_filters: StaticFilters | None = None
+    top_k: Annotated[int, Field(ge=1)] | None = None
+    # Quarry extension (ignored by the SDKs): how the two legs' scores are combined.
+    fusion: Fusion | None = None
+
+
+class Attachment(_Response):
+    attachment_name: str
+    source_id: str
+    type: str
+
+
+class StaticFields(_Response):
+    parsed_directory_file_id: str | None = None
+    chunk_index: int | None = None
+    chunk_start_char: int | None = None
+    chunk_end_char: int | None = None
+    chunk_token_count: int | None = None
+    page_range_start: int | None = None
+    page_range_end: int | None = None
+    attachments: list[Attachment] | None = None
+
+
+class RetrievedChunk(_Response):
+    content: str
+    metadata: dict[str, Any] | None = None
+    score: float | None = None
+    rerank_score: float | None = None
+    static_fields: StaticFields | None = None
+    # Quarry extensions: per-leg scores (null when the chunk was not found by that leg).
+    dense_score: float | None = None
+    sparse_score: float | None = None
+    file_name: str | None = None
+
+
+class RetrieveResponse(_Response):
+    results: list[RetrievedChunk]
+    # Quarry extensions: seconds per stage, degradations, cache hit.
+    latency: dict[str, float] | None = None
+    degraded: list[str] | None = None
+    cached: bool | None = None
+
+
+# ---- retrieval files ---------------------------------------------------------------------
+
+
+class FindRequest(_Request):
+    index_id: str = Field(min_length=1)
+    file_name: str | None = None
+    file_name_contains: str | None = None
+    page_size: Annotated[int, Field(ge=1)] | None = None
+    page_token: str | None = None
+
+
+class FoundFile(_Response):
+    file_id: str
+    file_name: str
+
+
+class FindResponse(_Response):
+    items: list[FoundFile]
+    next_page_token: str | None = None
+    total_size: int | None = None
+
+
+class SearchFilesRequest(_Request):
+    """The seed reference's name search (``/files/search``)."""
+
+    index_id: str = Field(min_length=1)
+    file_name: str | None = None
+    file_name_contains: str | None = None
+    limit: Annotated[int, Field(ge=1)] | None = None
+
+
+class SearchFilesResponse(_Response):
+    files: list[FoundFile]
+
+
+class GrepRequest(_Request):
+    index_id: str = Field(min_length=1)
+    file_id: str = Field(min_length=1)
+    pattern: str = Field(min_length=1)
+    context_chars: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    page_size: Annotated[int, Field(ge=1)] | None = None
+    page_token: str | None = None
+    limit: Annotated[int, Field(ge=1)] | None = None
+
+
+class GrepMatch(_Response):
+    content: str
+    start_char: int
+    end_char: int
+
+
+class GrepResponse(_Response):
+    items: list[GrepMatch]
+    matches: list[GrepMatch]
+    next_page_token: str | None = None
+    total_size: int | None = None
+
+
+class ReadRequest(_Request):
+    index_id: str = Field(min_length=1)
+    file_id: str = Field(min_length=1)
+    offset: Annotated[int, Field(ge=0)] | None = 0
+    max_length: Annotated[int, Field(ge=0)] | None = None
+
+
+class ReadResponse(_Response):
+    content: str
+
+
+# ---- projects, directories, indexes --------------------------------------------------------
+
+
+class Project(_Response):
+    id: str
+    name: str
+    organization_id: str
+    is_default: bool | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class DirectoryCreate(_Request):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    type: Literal["ephemeral", "user"] | None = None
+    connector_subscription_id: str | None = None
+    system_metadata: dict[str, Any] | None = None
+
+
+class Directory(_Response):
+    id: str
+    name: str
+    project_id: str
+    description: str | None = None
+    type: str | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class DirectoryFileAdd(_Request):
+    file_id: str = Field(min_length=1)
+    display_name: str | None = None
+    metadata: dict[str, MetadataValue] | None = None
+    unique_id: str | None = None
+
+
+class DirectoryFile(_Response):
+    id: str
+    directory_id: str
+    display_name: str
+    project_id: str
+    unique_id: str
+    file_id: str | None = None
+    external_file_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    created_at: str | None = None
+    updated_at: str | None = None
+
+
+class DirectoryFilePage(_Response):
+    items: list[DirectoryFile]
+    next_page_token: str | None = None
+    total_size: int | None = None
+
+
+class IndexCreate(_Request):
+    source_directory_id: str = Field(min_length=1)
+    name: str | None = None
+    description: str | None = None
+    products: list[dict[str, Any]] | None = None
+    store_attachments: list[str] | None = None
+    sync_frequency: Literal["manual", "daily", "on_source_change"] | None = None
+    vector_target: Literal["DEFAULT", "DISABLED"] | None = None
+
+
+class Index(_Response):
+    id: str
+    name: str
+    project_id: str
+    source_directory_id: str
+    output_directory_id: str
+    export_config_id: str
+    sync_config_id: str
+    created_at: str | None = None
+    updated_at: str | None = None
+    last_synced_at: str | None = None
+    last_exported_at: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    sync_in_progress: bool | None = None
+    # Quarry extensions: the last sync job's progress.
+    sync_status: str | None = None
+    sync_progress: dict[str, Any] | None = None
+
+
+class IndexPage(_Response):
+    items: list[Index]
+    next_page_token: str | None = None
+    total_size: int | None = None
+
+
+class SyncResponse(_Response):
+    index_id: str
+    job_id: str
+    status: str
+    total_items: int
+    done_items: int

@@ -1,0 +1,47 @@
+"""Gateway settings (env prefix ``QUARRY_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RetrievalDefaults(BaseSettings):
+    """Server-side defaults; they apply whenever a client omits a field (the legacy
+    retriever never sends falsy values, so these are what it gets)."""
+
+    top_k: int = Field(default=10, ge=1)
+    max_top_k: int = Field(default=500, ge=1)
+    num_candidates: int = Field(default=100, ge=1)
+    dense_weight: float = Field(default=0.5, ge=0, le=1)
+    sparse_weight: float = Field(default=0.5, ge=0, le=1)
+    fusion: Literal["relative_score", "rrf", "dbsf"] = "relative_score"
+    rerank_enabled: bool = True
+    # How many fused candidates the reranker scores (its cost grows with this).
+    rerank_depth: int = Field(default=20, ge=1)
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QUARRY_GATEWAY_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    dense_addr: str = "127.0.0.1:50061"
+    sparse_addr: str = "127.0.0.1:50062"
+    rerank_addr: str = "127.0.0.1:50063"
+    files_addr: str = "127.0.0.1:50064"
+    # Redis URL for a shared cache; unset: an in-process LRU.
+    redis_url: str | None = None
+    cache_entries: int = Field(default=10_000, ge=0)
+    cache_ttl_seconds: float = Field(default=300.0, gt=0)
+    # Total budget of one request; each backend call gets what is left of it.
+    request_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Catalog calls (auth, index lookup) are small and get this budget each.
+    catalog_timeout_seconds: float = Field(default=5.0, gt=0)
+    auth_cache_seconds: float = Field(default=10.0, ge=0)
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    defaults: RetrievalDefaults = RetrievalDefaults()

@@ -1,0 +1,216 @@
+"""The ``quarry`` command: ``up`` (run the stack), ``ingest`` (upload + sync), ``query``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.launcher import Stack, StackError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Quarry: self-hosted LlamaCloud-style retrieval")
+console = Console(stderr=True)
+
+SAMPLE_DIR = Path(__file__).parent / "sample"
+SAMPLE_INDEX = "sample"
+SUPPORTED = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
+DataDir = Annotated[Path, typer.Option("--data-dir", envvar="QUARRY_DATA_DIR", help="Where every index lives")]
+Url = Annotated[str, typer.Option("--url", envvar="QUARRY_URL", help="Gateway base URL")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="QUARRY_API_KEY", show_default=False)]
+
+
+class Client:
+    """A small HTTP client of the gateway for the CLI (the official SDKs work the same way)."""
+
+    def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise typer.BadParameter(f"{method} {path} -> {response.status_code}: {response.text}")
+        return response.json() if response.content else None
+
+    def index_by_name(self, name: str) -> dict[str, Any] | None:
+        token = None
+        while True:
+            page = self.call("GET", "/api/v1/indexes", params={"page_size": 100, **({"page_token": token} if token else {})})
+            for item in page["items"]:
+                if item["name"] == name:
+                    return item  # type: ignore[no-any-return]
+            token = page.get("next_page_token")
+            if not token:
+                return None
+
+    def ingest(self, paths: list[Path], index_name: str, *, show: bool = True) -> dict[str, Any]:
+        """Upload files into a directory named after the index, create the index, sync, wait."""
+        index = self.index_by_name(index_name)
+        if index is None:
+            directory = self.call("POST", "/api/v1/beta/directories", json={"name": index_name})
+            directory_id = directory["id"]
+        else:
+            directory_id = index["source_directory_id"]
+        for path in paths:
+            with path.open("rb") as fh:
+                self.call("POST", f"/api/v1/beta/directories/{directory_id}/files/upload",
+                          files={"upload_file": (path.name, fh)}, data={"display_name": path.name})
+        if index is None:
+            index = self.call("POST", "/api/v1/indexes", json={"source_directory_id": directory_id, "name": index_name})
+        job = self.call("POST", f"/api/v1/indexes/{index['id']}/sync")
+        return self.wait(index["id"], job, show=show)
+
+    def wait(self, index_id: str, job: dict[str, Any], *, show: bool, timeout: float = 3600) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with Progress(TextColumn("[bold]syncing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, disable=not show) as progress:
+            task = progress.add_task("sync", total=max(job["total_items"], 1))
+            while time.monotonic() < deadline:
+                index = self.call("GET", f"/api/v1/indexes/{index_id}", params={"expand": "sync_in_progress"})
+                status = index.get("sync_status")
+                done = (index.get("sync_progress") or {}).get("done_items", 0)
+                total = (index.get("sync_progress") or {}).get("total_items", 0)
+                progress.update(task, completed=done, total=max(total, 1))
+                if status in ("succeeded", "failed", "cancelled"):
+                    if status != "succeeded":
+                        raise typer.BadParameter(f"sync {status}: {(index.get('sync_progress') or {}).get('error')}")
+                    return index  # type: ignore[no-any-return]
+                time.sleep(0.3)
+        raise typer.BadParameter("sync did not finish in time")
+
+    def query(self, index_id: str, text: str, top_k: int, rerank: bool) -> dict[str, Any]:
+        return self.call("POST", "/api/v1/retrieval/retrieve", json={  # type: ignore[no-any-return]
+            "index_id": index_id, "query": text, "top_k": top_k, "rerank": {"enabled": rerank}})
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
+
+
+def _key(api_key: str | None, data_dir: Path) -> str:
+    if api_key:
+        return api_key
+    stored = data_dir / "api_key"
+    if stored.exists():
+        return stored.read_text().strip()
+    raise typer.BadParameter("no API key: pass --api-key, set QUARRY_API_KEY, or run `quarry up` first")
+
+
+def print_results(result: dict[str, Any]) -> None:
+    table = Table(show_lines=False)
+    for col in ("#", "score", "rerank", "file", "pages", "content"):
+        table.add_column(col, overflow="fold")
+    for i, r in enumerate(result["results"], 1):
+        sf = r.get("static_fields") or {}
+        pages = f"{sf.get('page_range_start')}-{sf.get('page_range_end')}" if sf.get("page_range_start") else ""
+        rerank = "" if r.get("rerank_score") is None else f"{r['rerank_score']:.3f}"
+        content = " ".join(r["content"].split())
+        table.add_row(str(i), f"{r['score']:.3f}", rerank, r.get("file_name") or sf.get("parsed_directory_file_id", ""),
+                      pages, content[:160] + ("…" if len(content) > 160 else ""))
+    Console().print(table)
+
+
+@app.command()
+def up(
+    data_dir: DataDir = Path(".quarry"),
+    host: Annotated[str, typer.Option(help="Gateway host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port")] = 8000,
+    api_key: ApiKey = None,
+    sample: Annotated[bool, typer.Option(help="Ingest the bundled sample corpus on first start")] = True,
+) -> None:
+    """Start every Quarry process on embedded backends and keep them running (Ctrl-C stops)."""
+    data_dir = data_dir.resolve()
+    stack = Stack(data_dir=data_dir, host=host, port=port, api_key=api_key)
+    console.print(f"[bold]quarry[/] starting on embedded backends, data in {data_dir}")
+    stop = {"now": False}
+
+    def _stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        stack.start()
+    except StackError as exc:
+        console.print(f"[red]start-up failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    key = stack.api_key or ""
+    console.print(f"[green]ready[/] gateway {stack.base_url}  project 'Default'")
+    if not api_key:
+        console.print(f"API key: [bold]{key}[/]  (stored in {data_dir / 'api_key'})")
+    try:
+        client = Client(stack.base_url, key)
+        if sample and client.index_by_name(SAMPLE_INDEX) is None:
+            console.print(f"ingesting the sample corpus into index '{SAMPLE_INDEX}'")
+            client.ingest(_files(SAMPLE_DIR), SAMPLE_INDEX)
+        index = client.index_by_name(SAMPLE_INDEX)
+        if index is not None:
+            question = "how does hybrid search combine dense and sparse results?"
+            console.print(f"sample query: [italic]{question}[/]")
+            print_results(client.query(index["id"], question, 3, True))
+        console.print(f"try: quarry query \"what does error QRY-503 mean?\" --index {SAMPLE_INDEX}")
+        console.print("Ctrl-C stops every process")
+        while not stop["now"]:
+            if stack.failed():
+                console.print(f"[red]process exited:[/] {', '.join(stack.failed())}; stopping")
+                break
+            time.sleep(0.5)
+    finally:
+        console.print("stopping…")
+        stack.stop()
+        console.print("stopped")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(exists=True, help="A file or folder (txt, md, html, pdf)")],
+    index: Annotated[str, typer.Option("--index", help="Index name (created if missing)")],
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+) -> None:
+    """Upload files through the HTTP API, sync the index and wait until it is ready."""
+    files = _files(path)
+    if not files:
+        raise typer.BadParameter(f"no supported files under {path}")
+    client = Client(url, _key(api_key, data_dir))
+    console.print(f"uploading {len(files)} file(s) to index '{index}'")
+    result = client.ingest(files, index)
+    console.print(f"[green]index '{index}' ready[/] ({result['id']})")
+
+
+@app.command()
+def query(
+    text: Annotated[str, typer.Argument(help="The query")],
+    index: Annotated[str, typer.Option("--index", help="Index name")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1)] = 5,
+    rerank: Annotated[bool, typer.Option(help="Rerank the fused candidates")] = True,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+) -> None:
+    """Print ranked results with scores and file/page."""
+    client = Client(url, _key(api_key, data_dir))
+    found = client.index_by_name(index)
+    if found is None:
+        raise typer.BadParameter(f"no index named {index!r}")
+    print_results(client.query(found["id"], text, top_k, rerank))
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app(prog_name="quarry")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
