@@ -1340,7 +1340,7 @@ class ReadFileRequest(_message.Message):
     file_id: _builtins.str
     offset: _builtins.int
     max_length: _builtins.int
-    """0 or negative: to the end."""
+    """Honoured only when has_max_length is set; otherwise the read goes to the end."""
     has_max_length: _builtins.bool
     def __init__(
         self,

@@ -1,0 +1,298 @@
+"""VectorIndex on a Qdrant server (or cluster) through ``qdrant-client``'s AsyncQdrantClient.
+
+Layout: ONE collection per embedding model (``<prefix><model>-<dim>``), not one per Quarry
+index. The Quarry index id is a payload field (``index_id``) with a keyword payload index
+marked ``is_tenant``, and every read, count and delete filters by it. Why: Qdrant's
+per-collection overhead (segments, WAL, optimiser threads, HNSW graphs) makes thousands of
+small collections expensive, while tenant-keyed payload indexes let the server co-locate a
+tenant's points and build per-tenant HNSW graphs (``m=0``, ``payload_m=<hnsw_m>``: no
+global graph, because no query ever spans tenants). Dropping an index is a delete by filter.
+All indexes in the collection share the model, so their vectors are comparable.
+
+Payload layout and filter translation are shared with the embedded adapter
+(``qdrant_common``). Differences: the server adapter keeps no case-keeping text index, so
+``text_match`` (case-sensitive) is rejected as unsupported; ``text_match_insensitive`` uses
+Qdrant's unindexed word-token match. Payload indexes are created on real servers only
+(qdrant-client's local mode, used by the tests, ignores them and warns).
+
+Every call carries a timeout (the client's own ``timeout`` and an ``asyncio`` deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from services.common.domain import Chunk, FilterNode, Hit
+from services.common.errors import InvalidArgument, Unavailable
+from services.dense.adapters.qdrant_common import (
+    FILE_ID,
+    FilterTranslator,
+    chunk_from_payload,
+    chunk_payload,
+    index_kinds,
+    point_id,
+)
+
+log = logging.getLogger(__name__)
+
+INDEX_ID = "index_id"
+T = TypeVar("T")
+
+
+class ServerFilterBuilder:
+    """Builds ``qdrant_client.models`` filter objects."""
+
+    case_sensitive_text = False
+
+    def match_value(self, key: str, value: str | bool) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+    def match_any(self, key: str, values: list[str]) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+
+    def range(self, key: str, *, gt: float | None = None, gte: float | None = None,
+              lt: float | None = None, lte: float | None = None) -> Any:
+        return models.FieldCondition(key=key, range=models.Range(gt=gt, gte=gte, lt=lt, lte=lte))
+
+    def substring(self, key: str, value: str) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchSubstring(substring=value))
+
+    def text(self, key: str, value: str) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchText(text=value))
+
+    def is_empty(self, key: str) -> Any:
+        return models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+
+    def combine(self, must: list[Any] | None = None, should: list[Any] | None = None,
+                must_not: list[Any] | None = None) -> Any:
+        return models.Filter(must=must or None, should=should or None, must_not=must_not or None)
+
+    def nothing(self) -> Any:
+        return models.HasIdCondition(has_id=[])
+
+
+def server_filter(node: FilterNode) -> models.Filter:
+    """The ``qdrant_client.models.Filter`` for an internal filter tree."""
+    result: models.Filter = FilterTranslator(ServerFilterBuilder()).translate(node)
+    return result
+
+
+def collection_name(prefix: str, model_name: str, dim: int) -> str:
+    """``<prefix><model>-<dim>`` with characters Qdrant dislikes replaced."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model_name).strip("-").lower() or "model"
+    return f"{prefix}{slug}-{dim}"
+
+
+def _schema(kind: str) -> models.PayloadSchemaType:
+    return {
+        "keyword": models.PayloadSchemaType.KEYWORD,
+        "float": models.PayloadSchemaType.FLOAT,
+        "bool": models.PayloadSchemaType.BOOL,
+    }[kind]
+
+
+class QdrantServerVectorIndex:
+    """VectorIndex over one Qdrant collection per model, the Quarry index id as tenant key."""
+
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        *,
+        model_name: str,
+        dim: int,
+        collection_prefix: str = "quarry-",
+        timeout: float = 10.0,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 100,
+        search_ef: int | None = None,
+    ) -> None:
+        self._client = client
+        self._dim = dim
+        self._collection = collection_name(collection_prefix, model_name, dim)
+        self._timeout = timeout
+        self._hnsw = (hnsw_m, hnsw_ef_construct)
+        self._search_ef = search_ef
+        options = client.init_options
+        # Local mode (":memory:" or a path) builds no indexes and ignores search params.
+        self._local = options.get("location") == ":memory:" or options.get("path") is not None
+        self._exists = False
+        self._indexed: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def connect(
+        cls, url: str, *, api_key: str | None, timeout: float, **kwargs: Any
+    ) -> QdrantServerVectorIndex:
+        """An adapter with its own client for ``url`` (gRPC preferred)."""
+        client = AsyncQdrantClient(url=url, api_key=api_key, prefer_grpc=True, timeout=math.ceil(timeout))
+        return cls(client, timeout=timeout, **kwargs)
+
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(awaitable, self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise Unavailable("qdrant is unavailable") from exc
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TimeoutError("qdrant call timed out") from exc
+            raise
+        except (ResponseHandlingException, ConnectionError) as exc:
+            raise Unavailable("qdrant is unreachable") from exc
+
+    @property
+    def _t(self) -> int:
+        return max(1, math.ceil(self._timeout))
+
+    @staticmethod
+    def _tenant(index_id: str) -> models.FieldCondition:
+        return models.FieldCondition(key=INDEX_ID, match=models.MatchValue(value=index_id))
+
+    @staticmethod
+    def _file(file_id: str) -> models.FieldCondition:
+        return models.FieldCondition(key=FILE_ID, match=models.MatchValue(value=file_id))
+
+    def _scoped(self, index_id: str, *extra: Any) -> models.Filter:
+        if not index_id:
+            raise InvalidArgument("index_id is required")
+        return models.Filter(must=[self._tenant(index_id), *extra])
+
+    async def _collection_exists(self) -> bool:
+        if not self._exists:
+            self._exists = await self._call(self._client.collection_exists(self._collection))
+        return self._exists
+
+    async def _ensure_collection(self) -> None:
+        if self._exists:
+            return
+        async with self._lock:
+            if await self._collection_exists():
+                info = await self._call(self._client.get_collection(self._collection))
+                self._indexed.update(info.payload_schema or {})
+                return
+            m, ef = self._hnsw
+            try:
+                await self._call(self._client.create_collection(
+                    self._collection,
+                    vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.COSINE),
+                    hnsw_config=models.HnswConfigDiff(m=0, payload_m=m, ef_construct=ef),
+                    timeout=self._t,
+                ))
+            except (ValueError, UnexpectedResponse):
+                # "Already exists": another replica won the race to create it.
+                if not await self._call(self._client.collection_exists(self._collection)):
+                    raise
+            self._exists = True
+            if not self._local:
+                await self._create_index(INDEX_ID, models.KeywordIndexParams(
+                    type=models.KeywordIndexType.KEYWORD, is_tenant=True))
+                await self._create_index(FILE_ID, models.PayloadSchemaType.KEYWORD)
+
+    async def _create_index(self, path: str, schema: Any) -> None:
+        try:
+            await self._call(self._client.create_payload_index(
+                self._collection, path, field_schema=schema, wait=True, timeout=self._t))
+        except Exception:  # an index is an optimisation; filtering stays correct without it
+            log.warning("could not create payload index %s", path, exc_info=True)
+        self._indexed.add(path)
+
+    async def ready(self) -> bool:
+        """True when the server answers."""
+        try:
+            await self._call(self._client.get_collections())
+        except Exception:
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def upsert(self, index_id: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
+        """Write chunks with their vectors; an existing id is overwritten."""
+        if not index_id:
+            raise InvalidArgument("index_id is required")
+        if len(chunks) != len(vectors):
+            raise InvalidArgument("one vector per chunk is required")
+        if not chunks:
+            return
+        if vectors.ndim != 2 or vectors.shape[1] != self._dim:
+            raise InvalidArgument(f"vectors must have {self._dim} dimensions")
+        await self._ensure_collection()
+        if not self._local:
+            for c in chunks:
+                for path, kind in index_kinds(c.metadata):
+                    if kind != "text" and path not in self._indexed:
+                        await self._create_index(path, _schema(kind))
+        points = [
+            models.PointStruct(
+                # The point id is scoped by the index: the same chunk id may exist in two indexes.
+                id=point_id(f"{index_id}\x00{c.id}"),
+                vector=v.astype(np.float32).tolist(),
+                payload={INDEX_ID: index_id, **chunk_payload(c)},
+            )
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        await self._call(self._client.upsert(self._collection, points=points, wait=True, timeout=self._t))
+
+    async def search(
+        self, index_id: str, vector: npt.NDArray[np.float32], top_k: int, filter: FilterNode | None
+    ) -> list[Hit]:
+        """Top-k by cosine similarity among the index's chunks matching the filter."""
+        flt = self._scoped(index_id, *([server_filter(filter)] if filter is not None else []))
+        if top_k <= 0 or not await self._collection_exists():
+            return []
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self._dim:
+            raise InvalidArgument(f"query vector must have {self._dim} dimensions")
+        params = None
+        if self._search_ef and not self._local:
+            params = models.SearchParams(hnsw_ef=self._search_ef)
+        response = await self._call(self._client.query_points(
+            self._collection, query=query.tolist(), query_filter=flt, search_params=params,
+            limit=top_k, with_payload=True, timeout=self._t,
+        ))
+        return [Hit(chunk_from_payload(index_id, p.id, p.payload), float(p.score)) for p in response.points]
+
+    async def _delete(self, flt: models.Filter) -> int:
+        if not await self._collection_exists():
+            return 0
+        n = await self._count(flt)
+        if n:
+            await self._call(self._client.delete(
+                self._collection, points_selector=models.FilterSelector(filter=flt), wait=True,
+                timeout=self._t))
+        return n
+
+    async def _count(self, flt: models.Filter) -> int:
+        result = await self._call(self._client.count(self._collection, count_filter=flt, exact=True,
+                                                     timeout=self._t))
+        return int(result.count)
+
+    async def delete_file(self, index_id: str, file_id: str) -> int:
+        """Remove every chunk of one file; returns how many were removed (counted just before)."""
+        return await self._delete(self._scoped(index_id, self._file(file_id)))
+
+    async def drop(self, index_id: str) -> None:
+        """Remove every point of the index; a missing index is not an error."""
+        await self._delete(self._scoped(index_id))
+
+    async def count(self, index_id: str, file_id: str | None = None) -> int:
+        """Number of chunks in the index, or of one file in it."""
+        flt = self._scoped(index_id, *([self._file(file_id)] if file_id else []))
+        if not await self._collection_exists():
+            return 0
+        return await self._count(flt)

@@ -1,0 +1,91 @@
+"""quarry.dense.v1.DenseSearch: protobuf <-> domain conversion and error mapping only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
+from services.common.convert import InvalidFilterError, chunk_from_pb, filter_from_pb, hit_to_pb
+from services.common.errors import InvalidArgument, mapped
+from services.dense.service import DenseService
+
+SERVICE_NAME = dense_pb2.DESCRIPTOR.services_by_name["DenseSearch"].full_name
+
+
+class DenseSearchServicer(dense_pb2_grpc.DenseSearchServicer):
+    def __init__(self, service: DenseService) -> None:
+        self._service = service
+
+    @mapped
+    async def Embed(self, request: dense_pb2.EmbedRequest,
+                    context: grpc.aio.ServicerContext) -> dense_pb2.EmbedResponse:
+        """Embed texts with the service's model."""
+        vectors = await self._service.embed(list(request.texts), is_query=request.is_query)
+        embedder = self._service.embedder
+        return dense_pb2.EmbedResponse(
+            vectors=[dense_pb2.Vector(values=row.tolist()) for row in vectors],
+            model=embedder.model_name,
+            dim=embedder.dim,
+        )
+
+    @mapped
+    async def Upsert(self, request: dense_pb2.UpsertRequest,
+                     context: grpc.aio.ServicerContext) -> dense_pb2.UpsertResponse:
+        """Embed and write chunks (idempotent by chunk id)."""
+        try:
+            chunks = [chunk_from_pb(c) for c in request.chunks]
+        except ValueError as exc:
+            raise InvalidArgument("chunk metadata_json must be a JSON object") from exc
+        if any(not isinstance(c.metadata, dict) for c in chunks):
+            raise InvalidArgument("chunk metadata_json must be a JSON object")
+        n = await self._service.upsert(request.index_id, chunks)
+        return dense_pb2.UpsertResponse(upserted=n)
+
+    @mapped
+    async def Search(self, request: dense_pb2.SearchRequest,
+                     context: grpc.aio.ServicerContext) -> dense_pb2.SearchResponse:
+        """Nearest chunks to the embedded query, filtered in the engine."""
+        flt = None
+        if request.has_filter:
+            try:
+                flt = filter_from_pb(request.filter)
+            except InvalidFilterError as exc:
+                raise InvalidArgument(str(exc)) from exc
+        result = await self._service.search(request.index_id, request.query, request.top_k, flt)
+        return dense_pb2.SearchResponse(
+            hits=[hit_to_pb(h) for h in result.hits],
+            embed_seconds=result.embed_seconds,
+            search_seconds=result.search_seconds,
+        )
+
+    @mapped
+    async def DeleteFile(self, request: dense_pb2.DeleteFileRequest,
+                         context: grpc.aio.ServicerContext) -> dense_pb2.DeleteResponse:
+        """Remove every chunk of one file."""
+        n = await self._service.delete_file(request.index_id, request.file_id)
+        return dense_pb2.DeleteResponse(deleted=n)
+
+    @mapped
+    async def DropIndex(self, request: dense_pb2.DropIndexRequest,
+                        context: grpc.aio.ServicerContext) -> dense_pb2.DeleteResponse:
+        """Remove a whole index."""
+        n = await self._service.drop(request.index_id)
+        return dense_pb2.DeleteResponse(deleted=n)
+
+    @mapped
+    async def Count(self, request: dense_pb2.CountRequest,
+                    context: grpc.aio.ServicerContext) -> dense_pb2.CountResponse:
+        """Chunks in an index, or in one file of it."""
+        n = await self._service.count(request.index_id, request.file_id or None)
+        return dense_pb2.CountResponse(count=n)
+
+
+def register(servicer: DenseSearchServicer) -> Callable[[grpc.aio.Server], None]:
+    """The ``register`` callback for ``start_server``/``serve``."""
+
+    def _register(server: grpc.aio.Server) -> None:
+        dense_pb2_grpc.add_DenseSearchServicer_to_server(servicer, server)
+
+    return _register

@@ -1,0 +1,38 @@
+"""Settings of the dense service (env prefix ``QUARRY_DENSE_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class DenseSettings(ServiceSettings):
+    """Embedding model, vector engine and their knobs.
+
+    The engine is the embedded Qdrant (one shard per index under ``data_dir``) unless
+    ``qdrant_url`` is set, in which case the Qdrant server adapter is used.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="QUARRY_DENSE_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: str = Field(default="./data/dense", description="embedded Qdrant shards live here")
+    qdrant_url: str | None = Field(default=None, description="a Qdrant server: use the server adapter")
+    qdrant_api_key: str | None = None
+    collection_prefix: str = Field(default="quarry-", description="server collection name prefix")
+    timeout_seconds: float = Field(default=10.0, gt=0, description="per call to the Qdrant server")
+    model_dir: str | None = Field(default=None, description="model.onnx + tokenizer.json; default packaged")
+    max_tokens: int = Field(default=256, ge=8, le=8192)
+    embed_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per model call")
+    upsert_batch_size: int = Field(default=256, ge=1, description="chunks embedded then written at once")
+    model_threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads (0 = auto)")
+    hnsw_m: int = Field(default=16, ge=2)
+    hnsw_ef_construct: int = Field(default=100, ge=4)
+    full_scan_threshold_kb: int = Field(default=10_000, ge=0)
+    indexing_threshold_kb: int | None = Field(
+        default=None, ge=0, description="embedded: segment size that triggers the HNSW build (engine default)"
+    )
+    search_ef: int | None = Field(default=None, ge=1, description="HNSW ef at query time (engine default)")
+    engine_threads: int = Field(default=4, ge=1, description="threads running the embedded engine")
+    max_top_k: int = Field(default=10_000, ge=1)

@@ -1,0 +1,28 @@
+"""``python -m services.files``: settings -> bootstrap -> serve."""
+
+from __future__ import annotations
+
+from services.common.grpc_server import run, serve
+from services.common.logging import configure
+from services.files.bootstrap import bootstrap
+from services.files.servicer import SERVICE_NAME, register
+from services.files.settings import FilesSettings
+
+
+async def _serve(settings: FilesSettings) -> None:
+    files = await bootstrap(settings)
+    try:
+        await serve(settings, register(files.service), [SERVICE_NAME], files.ready)
+    finally:
+        await files.close()
+
+
+def main() -> None:
+    """Entry point of the ``quarry-files`` console script."""
+    settings = FilesSettings()
+    configure("files", level=settings.log_level, fmt=settings.log_format)
+    run(lambda: _serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1218 @@
+"""The catalog over SQLAlchemy 2.0 Core: one schema and one async store for SQLite and PostgreSQL.
+
+SQLite (``sqlite+aiosqlite``) runs in WAL mode; write transactions start with ``BEGIN IMMEDIATE``
+so a read never has to be upgraded to a write lock mid-transaction (which SQLite answers with an
+immediate SQLITE_BUSY instead of waiting). PostgreSQL (``postgresql+psycopg``) runs at READ
+COMMITTED; races are settled by guarded UPDATEs and unique constraints, never by a prior read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
+
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.files import domain as d
+from services.files.paging import encode_cursor
+from services.files.ports import Cursor
+
+Clock = Callable[[], datetime]
+
+ORGANIZATION_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "quarry:organization:default"))
+
+
+def utcnow() -> datetime:
+    """The wall clock in UTC (the default clock)."""
+    return datetime.now(UTC)
+
+
+def _name_type() -> String:
+    # Byte-order collation on PostgreSQL so ordering (and keyset pagination) matches SQLite's BINARY.
+    return String(1024).with_variant(String(1024, collation="C"), "postgresql")  # type: ignore[return-value]
+
+
+_ID = String(64)
+_TS = DateTime(timezone=True)
+
+metadata = MetaData()
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("name", _name_type(), nullable=False, unique=True),
+    Column("organization_id", _ID, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_hash", String(64), primary_key=True),
+    Column("project_id", _ID, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", _TS, nullable=False),
+)
+
+directories = Table(
+    "directories",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("project_id", _ID, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("name", _name_type(), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the content
+    Column("content", LargeBinary, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+)
+
+directory_files = Table(
+    "directory_files",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("directory_id", _ID, ForeignKey("directories.id", ondelete="CASCADE"), nullable=False),
+    Column("project_id", _ID, nullable=False),
+    Column("display_name", _name_type(), nullable=False),
+    # casefold()ed display_name: case-insensitive search that behaves the same on both databases.
+    Column("name_folded", Text, nullable=False),
+    Column("unique_id", _name_type(), nullable=False),
+    Column("external_file_id", Text, nullable=False),
+    Column("blob_id", String(64), ForeignKey("blobs.id"), nullable=True, index=True),
+    Column("metadata_json", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("content_type", Text, nullable=False),
+    # Set on parsed files (rows of an index's output directory): the uploaded file they come from.
+    Column("source_file_id", _ID, nullable=True),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+    UniqueConstraint("directory_id", "unique_id", name="uq_directory_files_unique_id"),
+    UniqueConstraint("directory_id", "source_file_id", name="uq_directory_files_source"),
+    Index("ix_directory_files_name", "directory_id", "display_name", "id"),
+)
+
+indexes = Table(
+    "indexes",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("project_id", _ID, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", _name_type(), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("source_directory_id", _ID, nullable=False, index=True),
+    Column("output_directory_id", _ID, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("metadata_json", Text, nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+    Column("last_synced_at", _TS, nullable=True),
+    Index("ix_indexes_project_created", "project_id", "created_at", "id"),
+)
+
+_ACTIVE = list(d.ACTIVE_JOB_STATUSES)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("index_id", _ID, ForeignKey("indexes.id", ondelete="CASCADE"), nullable=False),
+    # Per-index sequence: orders an index's jobs even when timestamps tie.
+    Column("seq", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("worker_id", Text, nullable=False),
+    Column("lease_until", _TS, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("total_items", Integer, nullable=False),
+    Column("done_items", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("started_at", _TS, nullable=True),
+    Column("finished_at", _TS, nullable=True),
+    UniqueConstraint("index_id", "seq", name="uq_jobs_index_seq"),
+    Index("ix_jobs_claim", "status", "created_at", "id"),
+)
+# At most one pending/running job per index, enforced by the database.
+Index(
+    "uq_jobs_one_active",
+    jobs.c.index_id,
+    unique=True,
+    sqlite_where=jobs.c.status.in_(_ACTIVE),
+    postgresql_where=jobs.c.status.in_(_ACTIVE),
+)
+
+job_items = Table(
+    "job_items",
+    metadata,
+    Column("job_id", _ID, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("source_file_id", _ID, primary_key=True),
+    Column("seq", Integer, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("parsed_file_id", _ID, nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+)
+
+parsed_texts = Table(
+    "parsed_texts",
+    metadata,
+    Column(
+        "parsed_file_id", _ID, ForeignKey("directory_files.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("index_id", _ID, ForeignKey("indexes.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("source_file_id", _ID, nullable=False),
+    Column("source_version", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("pages_json", Text, nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands DateTime columns back naive; everything stored is UTC.
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _ts(value: datetime) -> datetime:
+    out = _utc(value)
+    assert out is not None
+    return out
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _project(row: Row[Any]) -> d.Project:
+    return d.Project(
+        id=row.id,
+        name=row.name,
+        organization_id=row.organization_id,
+        is_default=bool(row.is_default),
+        created_at=_ts(row.created_at),
+        updated_at=_ts(row.updated_at),
+    )
+
+
+def _directory(row: Row[Any]) -> d.Directory:
+    return d.Directory(
+        id=row.id,
+        project_id=row.project_id,
+        name=row.name,
+        description=row.description,
+        type=row.type,
+        created_at=_ts(row.created_at),
+        updated_at=_ts(row.updated_at),
+    )
+
+
+def _file(row: Row[Any]) -> d.DirectoryFile:
+    return d.DirectoryFile(
+        id=row.id,
+        directory_id=row.directory_id,
+        project_id=row.project_id,
+        display_name=row.display_name,
+        unique_id=row.unique_id,
+        external_file_id=row.external_file_id,
+        file_id=row.blob_id or "",
+        metadata_json=row.metadata_json,
+        version=row.version,
+        size_bytes=row.size_bytes,
+        content_type=row.content_type,
+        created_at=_ts(row.created_at),
+        updated_at=_ts(row.updated_at),
+    )
+
+
+def _job(row: Row[Any]) -> d.Job:
+    return d.Job(
+        id=row.id,
+        index_id=row.index_id,
+        status=row.status,
+        worker_id=row.worker_id,
+        lease_until=_utc(row.lease_until),
+        attempts=row.attempts,
+        total_items=row.total_items,
+        done_items=row.done_items,
+        error=row.error,
+        created_at=_ts(row.created_at),
+        started_at=_utc(row.started_at),
+        finished_at=_utc(row.finished_at),
+    )
+
+
+def _item(row: Row[Any]) -> d.JobItem:
+    return d.JobItem(
+        job_id=row.job_id,
+        source_file_id=row.source_file_id,
+        action=row.action,
+        status=row.status,
+        parsed_file_id=row.parsed_file_id,
+        chunk_count=row.chunk_count,
+        error=row.error,
+    )
+
+
+def _after(sort: ColumnElement[Any], tie: ColumnElement[Any], cursor: Cursor, value: Any) -> ColumnElement[bool]:
+    return or_(sort > value, and_(sort == value, tie > cursor[1]))
+
+
+def _clean_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; U+FFFD keeps every character offset unchanged.
+    return value.replace("\x00", "\ufffd")
+
+
+class SqlCatalog:
+    """The ``Catalog`` port over SQLite or PostgreSQL (chosen by the URL)."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow, schema: str | None = None) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(quarry_write=True)
+        self._clock = clock
+        self._schema = schema
+        self._is_sqlite = engine.dialect.name == "sqlite"
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock: Clock = utcnow,
+        schema: str | None = None,
+        pool_size: int = 10,
+        max_overflow: int = 10,
+        pool_timeout: float = 10.0,
+        statement_timeout_ms: int = 30_000,
+        connect_timeout_s: int = 10,
+        sqlite_busy_timeout_s: float = 30.0,
+    ) -> SqlCatalog:
+        """Build the engine for ``url`` (``sqlite+aiosqlite://...`` or ``postgresql+psycopg://...``)."""
+        if url.startswith("sqlite"):
+            engine = create_async_engine(url, connect_args={"timeout": sqlite_busy_timeout_s})
+            _install_sqlite_hooks(engine, sqlite_busy_timeout_s)
+            return cls(engine, clock=clock)
+        options = f"-c statement_timeout={int(statement_timeout_ms)}"
+        if schema:
+            options += f" -c search_path={schema}"
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_pre_ping=True,
+            connect_args={"options": options, "connect_timeout": connect_timeout_s},
+        )
+        return cls(engine, clock=clock, schema=schema)
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Create the schema (and the PostgreSQL schema namespace, when configured) if missing."""
+        async with self._engine.begin() as conn:
+            if self._schema and not self._is_sqlite:
+                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"'))
+            await conn.run_sync(metadata.create_all)
+
+    async def ready(self) -> bool:
+        """True when a trivial query succeeds."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    async def close(self) -> None:
+        """Dispose the connection pool."""
+        await self._engine.dispose()
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.connect() as conn:
+            yield conn
+
+    # -- projects and keys
+
+    async def project_for_key_hash(self, key_hash: str) -> d.Project | None:
+        """The project a key hash maps to, or None."""
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(projects, api_keys.c.key_hash)
+                    .join(api_keys, api_keys.c.project_id == projects.c.id)
+                    .where(api_keys.c.key_hash == key_hash)
+                )
+            ).first()
+        return _project(row) if row is not None else None
+
+    async def ensure_project(self, name: str) -> d.Project:
+        """Get the project called ``name``, creating it when missing (race-safe)."""
+        for _ in range(3):
+            async with self._read() as conn:
+                row = (await conn.execute(select(projects).where(projects.c.name == name))).first()
+            if row is not None:
+                return _project(row)
+            now = self._clock()
+            try:
+                async with self._write() as conn:
+                    await conn.execute(
+                        insert(projects).values(
+                            id=_new_id(),
+                            name=name,
+                            organization_id=ORGANIZATION_ID,
+                            is_default=name == "Default",
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+            except IntegrityError:
+                continue  # created concurrently: read it on the next pass
+        raise FailedPrecondition(f"could not create project {name!r}")
+
+    async def get_project(self, project_id: str) -> d.Project:
+        async with self._read() as conn:
+            return await self._project_row(conn, project_id)
+
+    async def _project_row(self, conn: AsyncConnection, project_id: str) -> d.Project:
+        row = (await conn.execute(select(projects).where(projects.c.id == project_id))).first()
+        if row is None:
+            raise NotFound(f"project {project_id} not found")
+        return _project(row)
+
+    async def list_projects(self, name: str) -> list[d.Project]:
+        query = select(projects).order_by(projects.c.created_at, projects.c.id)
+        if name:
+            query = query.where(projects.c.name == name)
+        async with self._read() as conn:
+            return [_project(r) for r in (await conn.execute(query)).all()]
+
+    async def add_api_key(self, project_id: str, key_hash: str) -> None:
+        """Map ``key_hash`` to the project; idempotent for the same project."""
+        try:
+            async with self._write() as conn:
+                await self._project_row(conn, project_id)
+                owner = (
+                    await conn.execute(select(api_keys.c.project_id).where(api_keys.c.key_hash == key_hash))
+                ).scalar_one_or_none()
+                if owner == project_id:
+                    return
+                if owner is not None:
+                    raise AlreadyExists("api key already in use")
+                await conn.execute(
+                    insert(api_keys).values(key_hash=key_hash, project_id=project_id, created_at=self._clock())
+                )
+        except IntegrityError as exc:
+            raise AlreadyExists("api key already in use") from exc
+
+    # -- directories and files
+
+    async def create_directory(self, project_id: str, name: str, description: str, type: str) -> d.Directory:
+        async with self._write() as conn:
+            await self._project_row(conn, project_id)
+            return await self._insert_directory(conn, project_id, name, description, type)
+
+    async def _insert_directory(
+        self, conn: AsyncConnection, project_id: str, name: str, description: str, type: str
+    ) -> d.Directory:
+        now = self._clock()
+        values = {
+            "id": _new_id(),
+            "project_id": project_id,
+            "name": name,
+            "description": description,
+            "type": type,
+            "created_at": now,
+            "updated_at": now,
+        }
+        await conn.execute(insert(directories).values(**values))
+        return d.Directory(**{**values, "created_at": _ts(now), "updated_at": _ts(now)})
+
+    async def get_directory(self, project_id: str, directory_id: str) -> d.Directory:
+        async with self._read() as conn:
+            return await self._directory_row(conn, project_id, directory_id)
+
+    async def _directory_row(self, conn: AsyncConnection, project_id: str, directory_id: str) -> d.Directory:
+        row = (
+            await conn.execute(
+                select(directories).where(
+                    directories.c.id == directory_id, directories.c.project_id == project_id
+                )
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"directory {directory_id} not found")
+        return _directory(row)
+
+    async def list_directories(self, project_id: str) -> list[d.Directory]:
+        query = (
+            select(directories)
+            .where(directories.c.project_id == project_id)
+            .order_by(directories.c.created_at, directories.c.id)
+        )
+        async with self._read() as conn:
+            return [_directory(r) for r in (await conn.execute(query)).all()]
+
+    async def _put_blob(self, conn: AsyncConnection, content: bytes) -> str:
+        blob_id = hashlib.sha256(content).hexdigest()
+        if self._is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+        await conn.execute(
+            dialect_insert(blobs)
+            .values(id=blob_id, content=content, size_bytes=len(content))
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        return blob_id
+
+    async def _drop_blob_if_unused(self, conn: AsyncConnection, blob_id: str | None) -> None:
+        if not blob_id:
+            return
+        in_use = select(directory_files.c.id).where(directory_files.c.blob_id == blob_id).exists()
+        await conn.execute(delete(blobs).where(blobs.c.id == blob_id, ~in_use))
+
+    async def upload_file(self, project_id: str, directory_id: str, spec: d.UploadSpec) -> d.DirectoryFile:
+        """Insert, or replace the file with the same unique_id (same row id; version+1 if changed)."""
+        for attempt in range(3):
+            try:
+                return await self._upload_once(project_id, directory_id, spec)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _upload_once(self, project_id: str, directory_id: str, spec: d.UploadSpec) -> d.DirectoryFile:
+        async with self._write() as conn:
+            directory = await self._directory_row(conn, project_id, directory_id)
+            if directory.type == "index":
+                raise FailedPrecondition(f"directory {directory_id} is an index output directory")
+            blob_id = await self._put_blob(conn, spec.content)
+            now = self._clock()
+            values = {
+                "display_name": spec.display_name,
+                "name_folded": spec.display_name.casefold(),
+                "external_file_id": spec.external_file_id,
+                "blob_id": blob_id,
+                "metadata_json": spec.metadata_json,
+                "size_bytes": len(spec.content),
+                "content_type": spec.content_type,
+            }
+            old = (
+                await conn.execute(
+                    select(directory_files).where(
+                        directory_files.c.directory_id == directory_id,
+                        directory_files.c.unique_id == spec.unique_id,
+                    )
+                )
+            ).first()
+            if old is None:
+                file_id = _new_id()
+                await conn.execute(
+                    insert(directory_files).values(
+                        id=file_id,
+                        directory_id=directory_id,
+                        project_id=project_id,
+                        unique_id=spec.unique_id,
+                        version=1,
+                        source_file_id=None,
+                        created_at=now,
+                        updated_at=now,
+                        **values,
+                    )
+                )
+            else:
+                file_id = old.id
+                changed = any(getattr(old, k) != v for k, v in values.items() if k != "metadata_json") or (
+                    json.loads(old.metadata_json or "{}") != json.loads(spec.metadata_json)
+                )
+                if changed:
+                    await conn.execute(
+                        update(directory_files)
+                        .where(directory_files.c.id == old.id)
+                        .values(version=directory_files.c.version + 1, updated_at=now, **values)
+                    )
+                    if old.blob_id != blob_id:
+                        await self._drop_blob_if_unused(conn, old.blob_id)
+            row = (await conn.execute(select(directory_files).where(directory_files.c.id == file_id))).one()
+            return _file(row)
+
+    def _file_conditions(self, directory_id: str, flt: d.FileFilter) -> list[ColumnElement[bool]]:
+        conds: list[ColumnElement[bool]] = [directory_files.c.directory_id == directory_id]
+        if flt.display_name:
+            conds.append(directory_files.c.display_name == flt.display_name)
+        if flt.display_name_contains:
+            conds.append(
+                directory_files.c.name_folded.contains(flt.display_name_contains.casefold(), autoescape=True)
+            )
+        if flt.unique_id:
+            conds.append(directory_files.c.unique_id == flt.unique_id)
+        if flt.file_id:
+            conds.append(directory_files.c.blob_id == flt.file_id)
+        return conds
+
+    async def list_directory_files(
+        self, project_id: str, directory_id: str, flt: d.FileFilter, limit: int, after: Cursor | None
+    ) -> d.ResultPage[d.DirectoryFile]:
+        """Files ordered by (display_name, id), keyset-paginated."""
+        conds = self._file_conditions(directory_id, flt)
+        async with self._read() as conn:
+            await self._directory_row(conn, project_id, directory_id)
+            total = (
+                await conn.execute(select(func.count()).select_from(directory_files).where(*conds))
+            ).scalar_one()
+            query = select(directory_files).where(*conds)
+            if after is not None:
+                query = query.where(
+                    _after(directory_files.c.display_name, directory_files.c.id, after, after[0])
+                )
+            rows = (
+                await conn.execute(
+                    query.order_by(directory_files.c.display_name, directory_files.c.id).limit(limit + 1)
+                )
+            ).all()
+        items = [_file(r) for r in rows[:limit]]
+        token = encode_cursor((items[-1].display_name, items[-1].id)) if len(rows) > limit else ""
+        return d.ResultPage(items=items, next_page_token=token, total_size=total)
+
+    async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None:
+        async with self._write() as conn:
+            await self._directory_row(conn, project_id, directory_id)
+            row = (
+                await conn.execute(
+                    select(directory_files.c.blob_id).where(
+                        directory_files.c.id == file_id, directory_files.c.directory_id == directory_id
+                    )
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"file {file_id} not found")
+            await conn.execute(delete(parsed_texts).where(parsed_texts.c.parsed_file_id == file_id))
+            await conn.execute(delete(directory_files).where(directory_files.c.id == file_id))
+            await self._drop_blob_if_unused(conn, row.blob_id)
+
+    # -- indexes
+
+    async def _index_row(self, conn: AsyncConnection, project_id: str | None, index_id: str) -> Row[Any]:
+        query = select(indexes).where(indexes.c.id == index_id)
+        if project_id is not None:
+            query = query.where(indexes.c.project_id == project_id)
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"index {index_id} not found")
+        return row
+
+    async def _last_job(self, conn: AsyncConnection, index_id: str) -> d.Job | None:
+        row = (
+            await conn.execute(
+                select(jobs).where(jobs.c.index_id == index_id).order_by(jobs.c.seq.desc()).limit(1)
+            )
+        ).first()
+        return _job(row) if row is not None else None
+
+    async def _index(self, conn: AsyncConnection, row: Row[Any]) -> d.Index:
+        last = await self._last_job(conn, row.id)
+        return d.Index(
+            id=row.id,
+            project_id=row.project_id,
+            name=row.name,
+            description=row.description,
+            source_directory_id=row.source_directory_id,
+            output_directory_id=row.output_directory_id,
+            generation=row.generation,
+            sync_in_progress=last is not None and last.status in d.ACTIVE_JOB_STATUSES,
+            created_at=_ts(row.created_at),
+            updated_at=_ts(row.updated_at),
+            last_synced_at=_utc(row.last_synced_at),
+            metadata_json=row.metadata_json,
+            last_job=last,
+        )
+
+    async def create_index(
+        self, project_id: str, name: str, description: str, source_directory_id: str, metadata_json: str
+    ) -> d.Index:
+        """Create the index and its output directory (type "index")."""
+        async with self._write() as conn:
+            await self._directory_row(conn, project_id, source_directory_id)
+            index_id = _new_id()
+            name = name or f"index-{index_id[:8]}"
+            output = await self._insert_directory(
+                conn, project_id, f"{name} (parsed)", f"Parsed files of index {index_id}", "index"
+            )
+            now = self._clock()
+            await conn.execute(
+                insert(indexes).values(
+                    id=index_id,
+                    project_id=project_id,
+                    name=name,
+                    description=description,
+                    source_directory_id=source_directory_id,
+                    output_directory_id=output.id,
+                    generation=0,
+                    metadata_json=metadata_json,
+                    created_at=now,
+                    updated_at=now,
+                    last_synced_at=None,
+                )
+            )
+            return await self._index(conn, await self._index_row(conn, project_id, index_id))
+
+    async def get_index(self, project_id: str, index_id: str) -> d.Index:
+        async with self._read() as conn:
+            return await self._index(conn, await self._index_row(conn, project_id, index_id))
+
+    async def list_indexes(
+        self, project_id: str, source_directory_id: str, limit: int, after: Cursor | None
+    ) -> d.ResultPage[d.Index]:
+        """Indexes ordered by (created_at, id), keyset-paginated."""
+        conds: list[ColumnElement[bool]] = [indexes.c.project_id == project_id]
+        if source_directory_id:
+            conds.append(indexes.c.source_directory_id == source_directory_id)
+        async with self._read() as conn:
+            total = (await conn.execute(select(func.count()).select_from(indexes).where(*conds))).scalar_one()
+            query = select(indexes).where(*conds)
+            if after is not None:
+                try:
+                    created = datetime.fromisoformat(after[0])
+                except ValueError as exc:
+                    raise InvalidArgument("invalid page_token") from exc
+                query = query.where(_after(indexes.c.created_at, indexes.c.id, after, created))
+            rows = (
+                await conn.execute(query.order_by(indexes.c.created_at, indexes.c.id).limit(limit + 1))
+            ).all()
+            items = [await self._index(conn, r) for r in rows[:limit]]
+        token = encode_cursor((items[-1].created_at.isoformat(), items[-1].id)) if len(rows) > limit else ""
+        return d.ResultPage(items=items, next_page_token=token, total_size=total)
+
+    async def delete_index(self, project_id: str, index_id: str) -> d.Index:
+        """Remove the index, its jobs, parsed texts and output directory; returns it (generation+1)."""
+        async with self._write() as conn:
+            row = await self._index_row(conn, project_id, index_id)
+            before = await self._index(conn, row)
+            job_ids = select(jobs.c.id).where(jobs.c.index_id == index_id)
+            await conn.execute(delete(job_items).where(job_items.c.job_id.in_(job_ids)))
+            await conn.execute(delete(jobs).where(jobs.c.index_id == index_id))
+            await conn.execute(delete(parsed_texts).where(parsed_texts.c.index_id == index_id))
+            await conn.execute(
+                delete(directory_files).where(directory_files.c.directory_id == row.output_directory_id)
+            )
+            await conn.execute(delete(indexes).where(indexes.c.id == index_id))
+            await conn.execute(delete(directories).where(directories.c.id == row.output_directory_id))
+        return d.Index(
+            **{
+                **before.__dict__,
+                "generation": before.generation + 1,
+                "sync_in_progress": False,
+                "updated_at": _ts(self._clock()),
+            }
+        )
+
+    # -- syncs
+
+    async def _active_job(self, conn: AsyncConnection, index_id: str) -> d.Job | None:
+        row = (
+            await conn.execute(select(jobs).where(jobs.c.index_id == index_id, jobs.c.status.in_(_ACTIVE)))
+        ).first()
+        return _job(row) if row is not None else None
+
+    async def _bump_generation(self, conn: AsyncConnection, index_id: str, now: datetime) -> None:
+        await conn.execute(
+            update(indexes)
+            .where(indexes.c.id == index_id)
+            .values(generation=indexes.c.generation + 1, last_synced_at=now, updated_at=now)
+        )
+
+    async def start_sync(self, project_id: str, index_id: str) -> d.Job:
+        """Plan a job (upserts for new/changed sources, deletes for gone ones) or return the active one."""
+        for _ in range(3):
+            try:
+                return await self._start_sync_once(project_id, index_id)
+            except IntegrityError:
+                continue  # another StartSync created the active job first; return that one
+        raise FailedPrecondition(f"could not start a sync for index {index_id}")
+
+    async def _start_sync_once(self, project_id: str, index_id: str) -> d.Job:
+        async with self._write() as conn:
+            index = await self._index_row(conn, project_id, index_id)
+            active = await self._active_job(conn, index_id)
+            if active is not None:
+                return active
+            sources = (
+                await conn.execute(
+                    select(directory_files.c.id, directory_files.c.version)
+                    .where(directory_files.c.directory_id == index.source_directory_id)
+                    .order_by(directory_files.c.display_name, directory_files.c.id)
+                )
+            ).all()
+            parsed = (
+                await conn.execute(
+                    select(
+                        directory_files.c.id,
+                        directory_files.c.source_file_id,
+                        parsed_texts.c.source_version,
+                    )
+                    .select_from(
+                        directory_files.outerjoin(
+                            parsed_texts, parsed_texts.c.parsed_file_id == directory_files.c.id
+                        )
+                    )
+                    .where(directory_files.c.directory_id == index.output_directory_id)
+                    .order_by(directory_files.c.display_name, directory_files.c.id)
+                )
+            ).all()
+            by_source = {p.source_file_id: p for p in parsed if p.source_file_id}
+            source_ids = {s.id for s in sources}
+            job_id = _new_id()
+            items: list[dict[str, Any]] = []
+            for s in sources:
+                p = by_source.get(s.id)
+                if p is None or p.source_version != s.version:
+                    items.append({"source_file_id": s.id, "action": "upsert", "parsed_file_id": p.id if p else ""})
+            for p in parsed:
+                if p.source_file_id not in source_ids:
+                    items.append(
+                        {"source_file_id": p.source_file_id or p.id, "action": "delete", "parsed_file_id": p.id}
+                    )
+            now = self._clock()
+            seq = (
+                await conn.execute(
+                    select(func.coalesce(func.max(jobs.c.seq), 0)).where(jobs.c.index_id == index_id)
+                )
+            ).scalar_one()
+            empty = not items
+            await conn.execute(
+                insert(jobs).values(
+                    id=job_id,
+                    index_id=index_id,
+                    seq=seq + 1,
+                    status="succeeded" if empty else "pending",
+                    worker_id="",
+                    lease_until=None,
+                    attempts=0,
+                    total_items=len(items),
+                    done_items=0,
+                    error="",
+                    created_at=now,
+                    started_at=now if empty else None,
+                    finished_at=now if empty else None,
+                )
+            )
+            if items:
+                await conn.execute(
+                    insert(job_items),
+                    [
+                        {
+                            **item,
+                            "job_id": job_id,
+                            "seq": n,
+                            "status": "pending",
+                            "chunk_count": 0,
+                            "error": "",
+                        }
+                        for n, item in enumerate(items)
+                    ],
+                )
+            else:
+                await self._bump_generation(conn, index_id, now)
+            return await self._job_row(conn, job_id)
+
+    async def _job_row(self, conn: AsyncConnection, job_id: str) -> d.Job:
+        row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return _job(row)
+
+    async def cancel_sync(self, project_id: str, index_id: str) -> d.Job:
+        """Cancel the pending/running job; FAILED_PRECONDITION when there is none."""
+        async with self._write() as conn:
+            await self._index_row(conn, project_id, index_id)
+            active = await self._active_job(conn, index_id)
+            if active is None:
+                raise FailedPrecondition(f"no sync in progress for index {index_id}")
+            now = self._clock()
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == active.id)
+                .values(status="cancelled", finished_at=now, lease_until=None, error="cancelled")
+            )
+            # Items finished before the cancel already changed what the index serves.
+            await self._bump_generation(conn, index_id, now)
+            return await self._job_row(conn, active.id)
+
+    async def get_job(self, job_id: str) -> d.Job:
+        async with self._read() as conn:
+            return await self._job_row(conn, job_id)
+
+    # -- worker protocol
+
+    async def claim_job(self, worker_id: str, lease_seconds: float) -> d.Job | None:
+        """Take the oldest pending job, or a running one whose lease expired; None when idle."""
+        for _ in range(10):
+            now = self._clock()
+            claimable = or_(
+                jobs.c.status == "pending", and_(jobs.c.status == "running", jobs.c.lease_until < now)
+            )
+            async with self._write() as conn:
+                row = (
+                    await conn.execute(
+                        select(jobs.c.id, jobs.c.attempts)
+                        .where(claimable)
+                        .order_by(jobs.c.created_at, jobs.c.id)
+                        .limit(1)
+                    )
+                ).first()
+                if row is None:
+                    return None
+                # The guard on attempts (bumped by every claim) and on the claimable state makes the
+                # UPDATE a compare-and-set: of two racing workers only one changes the row.
+                result = await conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == row.id, jobs.c.attempts == row.attempts, claimable)
+                    .values(
+                        status="running",
+                        worker_id=worker_id,
+                        lease_until=now + timedelta(seconds=lease_seconds),
+                        attempts=jobs.c.attempts + 1,
+                        started_at=func.coalesce(jobs.c.started_at, now),
+                    )
+                )
+                if result.rowcount == 1:
+                    return await self._job_row(conn, row.id)
+        return None
+
+    async def _held_job(self, conn: AsyncConnection, job_id: str, worker_id: str) -> d.Job:
+        job = await self._job_row(conn, job_id)
+        if job.status != "running" or job.worker_id != worker_id:
+            raise FailedPrecondition(f"job {job_id} is not held by worker {worker_id} (status {job.status})")
+        return job
+
+    async def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> d.Job:
+        """Extend the lease; FAILED_PRECONDITION when the job is finished or held by another worker."""
+        async with self._write() as conn:
+            now = self._clock()
+            result = await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.worker_id == worker_id, jobs.c.status == "running")
+                .values(lease_until=now + timedelta(seconds=lease_seconds))
+            )
+            if result.rowcount != 1:
+                await self._held_job(conn, job_id, worker_id)  # raises NotFound / FailedPrecondition
+            return await self._job_row(conn, job_id)
+
+    async def list_job_items(self, job_id: str) -> list[d.JobItem]:
+        async with self._read() as conn:
+            await self._job_row(conn, job_id)
+            rows = (
+                await conn.execute(select(job_items).where(job_items.c.job_id == job_id).order_by(job_items.c.seq))
+            ).all()
+        return [_item(r) for r in rows]
+
+    async def get_source_file(self, source_file_id: str) -> tuple[d.DirectoryFile, bytes]:
+        async with self._read() as conn:
+            row = (
+                await conn.execute(
+                    select(directory_files, blobs.c.content)
+                    .join(blobs, blobs.c.id == directory_files.c.blob_id)
+                    .where(directory_files.c.id == source_file_id)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"source file {source_file_id} not found")
+        return _file(row), bytes(row.content)
+
+    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> tuple[str, int]:
+        """Get or create the parsed-file row for a source file (stable id across versions)."""
+        for attempt in range(3):
+            try:
+                async with self._write() as conn:
+                    return await self._prepare(conn, index_id, source_file_id)
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _prepare(self, conn: AsyncConnection, index_id: str, source_file_id: str) -> tuple[str, int]:
+        index = await self._index_row(conn, None, index_id)
+        src = (
+            await conn.execute(
+                select(directory_files).where(
+                    directory_files.c.id == source_file_id,
+                    directory_files.c.directory_id == index.source_directory_id,
+                )
+            )
+        ).first()
+        if src is None:
+            raise NotFound(f"source file {source_file_id} not found in index {index_id}")
+        now = self._clock()
+        values = {
+            "display_name": src.display_name,
+            "name_folded": src.name_folded,
+            "external_file_id": src.external_file_id,
+            "metadata_json": src.metadata_json,
+            "version": src.version,
+            "content_type": src.content_type,
+            "updated_at": now,
+        }
+        existing = (
+            await conn.execute(
+                select(directory_files.c.id).where(
+                    directory_files.c.directory_id == index.output_directory_id,
+                    directory_files.c.source_file_id == source_file_id,
+                )
+            )
+        ).scalar_one_or_none()
+        if existing is not None:
+            await conn.execute(update(directory_files).where(directory_files.c.id == existing).values(**values))
+            return existing, src.version
+        parsed_id = _new_id()
+        await conn.execute(
+            insert(directory_files).values(
+                id=parsed_id,
+                directory_id=index.output_directory_id,
+                project_id=index.project_id,
+                # The source id, not its unique_id: a deleted and re-uploaded source must not collide
+                # with the parsed row of its predecessor while that row awaits its delete item.
+                unique_id=source_file_id,
+                blob_id=None,
+                size_bytes=0,
+                source_file_id=source_file_id,
+                created_at=now,
+                **values,
+            )
+        )
+        return parsed_id, src.version
+
+    async def complete_job_item(
+        self,
+        job_id: str,
+        worker_id: str,
+        source_file_id: str,
+        text: str,
+        pages: Sequence[d.Page],
+        chunk_count: int,
+        error: str,
+    ) -> None:
+        """Commit one item's outcome; a repeat of an item already done changes nothing."""
+        async with self._write() as conn:
+            job = await self._held_job(conn, job_id, worker_id)
+            item = (
+                await conn.execute(
+                    select(job_items).where(
+                        job_items.c.job_id == job_id, job_items.c.source_file_id == source_file_id
+                    )
+                )
+            ).first()
+            if item is None:
+                raise NotFound(f"job {job_id} has no item for source file {source_file_id}")
+            if item.status == "done":
+                return
+            # Marking the item done first is the guard: a concurrent duplicate sees rowcount 0.
+            claimed = await conn.execute(
+                update(job_items)
+                .where(
+                    job_items.c.job_id == job_id,
+                    job_items.c.source_file_id == source_file_id,
+                    job_items.c.status == "pending",
+                )
+                .values(status="done", chunk_count=chunk_count, error=error)
+            )
+            if claimed.rowcount != 1:
+                return
+            parsed_id = item.parsed_file_id
+            if not error and item.action == "upsert":
+                parsed_id = await self._store_text(conn, job.index_id, source_file_id, text, pages, chunk_count)
+            elif not error and item.action == "delete" and parsed_id:
+                await conn.execute(delete(parsed_texts).where(parsed_texts.c.parsed_file_id == parsed_id))
+                await conn.execute(delete(directory_files).where(directory_files.c.id == parsed_id))
+            await conn.execute(
+                update(job_items)
+                .where(job_items.c.job_id == job_id, job_items.c.source_file_id == source_file_id)
+                .values(parsed_file_id=parsed_id)
+            )
+            await conn.execute(
+                update(jobs).where(jobs.c.id == job_id).values(done_items=jobs.c.done_items + 1)
+            )
+
+    async def _store_text(
+        self,
+        conn: AsyncConnection,
+        index_id: str,
+        source_file_id: str,
+        text: str,
+        pages: Sequence[d.Page],
+        chunk_count: int,
+    ) -> str:
+        parsed_id, _ = await self._prepare_or_existing(conn, index_id, source_file_id)
+        version = (
+            await conn.execute(select(directory_files.c.version).where(directory_files.c.id == parsed_id))
+        ).scalar_one()
+        clean = _clean_text(text)
+        now = self._clock()
+        values = {
+            "index_id": index_id,
+            "source_file_id": source_file_id,
+            "source_version": version,
+            "text": clean,
+            "pages_json": json.dumps([[p.number, p.start_char, p.end_char] for p in pages]),
+            "chunk_count": chunk_count,
+            "updated_at": now,
+        }
+        result = await conn.execute(
+            update(parsed_texts).where(parsed_texts.c.parsed_file_id == parsed_id).values(**values)
+        )
+        if result.rowcount == 0:
+            await conn.execute(insert(parsed_texts).values(parsed_file_id=parsed_id, **values))
+        await conn.execute(
+            update(directory_files)
+            .where(directory_files.c.id == parsed_id)
+            .values(size_bytes=len(clean.encode()), content_type="text/plain", updated_at=now)
+        )
+        return parsed_id
+
+    async def _prepare_or_existing(
+        self, conn: AsyncConnection, index_id: str, source_file_id: str
+    ) -> tuple[str, int]:
+        index = await self._index_row(conn, None, index_id)
+        row = (
+            await conn.execute(
+                select(directory_files.c.id, directory_files.c.version).where(
+                    directory_files.c.directory_id == index.output_directory_id,
+                    directory_files.c.source_file_id == source_file_id,
+                )
+            )
+        ).first()
+        if row is not None:
+            return row.id, row.version
+        return await self._prepare(conn, index_id, source_file_id)
+
+    async def finish_job(self, job_id: str, worker_id: str, status: str, error: str) -> d.Job:
+        """Close the job and bump the index generation; repeating the same finish is a no-op."""
+        async with self._write() as conn:
+            job = await self._job_row(conn, job_id)
+            if job.status == status and job.worker_id == worker_id and job.finished_at is not None:
+                return job
+            await self._held_job(conn, job_id, worker_id)
+            now = self._clock()
+            await conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id)
+                .values(status=status, error=error, finished_at=now, lease_until=None)
+            )
+            await self._bump_generation(conn, job.index_id, now)
+            return await self._job_row(conn, job_id)
+
+    # -- retrieval over parsed files
+
+    async def find_files(
+        self, project_id: str, index_id: str, name: str, name_contains: str, limit: int, after: Cursor | None
+    ) -> d.ResultPage[d.FoundFile]:
+        """Parsed files (with text) of the index, ordered by (name, id)."""
+        async with self._read() as conn:
+            index = await self._index_row(conn, project_id, index_id)
+            conds: list[ColumnElement[bool]] = [
+                directory_files.c.directory_id == index.output_directory_id,
+                parsed_texts.c.index_id == index_id,
+            ]
+            if name:
+                conds.append(directory_files.c.display_name == name)
+            if name_contains:
+                conds.append(directory_files.c.name_folded.contains(name_contains.casefold(), autoescape=True))
+            joined = directory_files.join(parsed_texts, parsed_texts.c.parsed_file_id == directory_files.c.id)
+            total = (await conn.execute(select(func.count()).select_from(joined).where(*conds))).scalar_one()
+            query = select(directory_files.c.id, directory_files.c.display_name).select_from(joined).where(*conds)
+            if after is not None:
+                query = query.where(_after(directory_files.c.display_name, directory_files.c.id, after, after[0]))
+            rows = (
+                await conn.execute(
+                    query.order_by(directory_files.c.display_name, directory_files.c.id).limit(limit + 1)
+                )
+            ).all()
+        items = [d.FoundFile(file_id=r.id, file_name=r.display_name) for r in rows[:limit]]
+        token = encode_cursor((items[-1].file_name, items[-1].file_id)) if len(rows) > limit else ""
+        return d.ResultPage(items=items, next_page_token=token, total_size=total)
+
+    async def get_parsed_text(self, project_id: str, index_id: str, file_id: str) -> d.ParsedText:
+        async with self._read() as conn:
+            await self._index_row(conn, project_id, index_id)
+            row = (
+                await conn.execute(
+                    select(parsed_texts).where(
+                        parsed_texts.c.parsed_file_id == file_id, parsed_texts.c.index_id == index_id
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"file {file_id} not found in index {index_id}")
+        pages = tuple(d.Page(number=n, start_char=s, end_char=e) for n, s, e in json.loads(row.pages_json))
+        return d.ParsedText(
+            parsed_file_id=row.parsed_file_id,
+            index_id=row.index_id,
+            source_file_id=row.source_file_id,
+            source_version=row.source_version,
+            text=row.text,
+            pages=pages,
+        )
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over BEGIN from the driver so writes can start with BEGIN IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("quarry_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

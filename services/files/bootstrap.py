@@ -1,0 +1,44 @@
+"""Composition root of the files service: settings -> catalog adapter -> service."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.files.adapters.sql import Clock, SqlCatalog, utcnow
+from services.files.service import FilesService
+from services.files.settings import FilesSettings
+
+
+@dataclass(frozen=True)
+class Files:
+    """The wired service with its readiness probe and shutdown hook."""
+
+    service: FilesService
+    ready: Callable[[], Awaitable[bool]]
+    close: Callable[[], Awaitable[None]]
+
+
+async def bootstrap(settings: FilesSettings, *, clock: Clock = utcnow) -> Files:
+    """Open the catalog database (creating its tables) and build the service."""
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = SqlCatalog.from_url(
+        url,
+        clock=clock,
+        schema=settings.database_schema,
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_timeout=settings.pool_timeout_s,
+        statement_timeout_ms=settings.statement_timeout_ms,
+        connect_timeout_s=settings.connect_timeout_s,
+        sqlite_busy_timeout_s=settings.sqlite_busy_timeout_s,
+    )
+    try:
+        await catalog.start()
+    except BaseException:
+        await catalog.close()
+        raise
+    service = FilesService(catalog, default_lease_seconds=settings.default_lease_seconds)
+    return Files(service=service, ready=catalog.ready, close=catalog.close)

@@ -1,0 +1,164 @@
+"""The catalog's domain types: frozen dataclasses, no protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+DIRECTORY_TYPES = ("user", "ephemeral", "index")
+ACTIVE_JOB_STATUSES = ("pending", "running")
+FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    name: str
+    organization_id: str
+    is_default: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Directory:
+    id: str
+    project_id: str
+    name: str
+    description: str
+    type: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class DirectoryFile:
+    id: str
+    directory_id: str
+    project_id: str
+    display_name: str
+    unique_id: str
+    external_file_id: str
+    file_id: str
+    metadata_json: str
+    version: int
+    size_bytes: int
+    content_type: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    index_id: str
+    status: str
+    worker_id: str
+    lease_until: datetime | None
+    attempts: int
+    total_items: int
+    done_items: int
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Index:
+    id: str
+    project_id: str
+    name: str
+    description: str
+    source_directory_id: str
+    output_directory_id: str
+    generation: int
+    sync_in_progress: bool
+    created_at: datetime
+    updated_at: datetime
+    last_synced_at: datetime | None
+    metadata_json: str
+    last_job: Job | None = None
+
+
+@dataclass(frozen=True)
+class JobItem:
+    job_id: str
+    source_file_id: str
+    action: str
+    status: str
+    parsed_file_id: str
+    chunk_count: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """A 1-based page and its character range in the parsed text."""
+
+    number: int
+    start_char: int
+    end_char: int
+
+
+@dataclass(frozen=True)
+class ParsedText:
+    parsed_file_id: str
+    index_id: str
+    source_file_id: str
+    source_version: int
+    text: str
+    pages: tuple[Page, ...] = ()
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    file_id: str
+    file_name: str
+
+
+@dataclass(frozen=True)
+class GrepMatch:
+    content: str
+    start_char: int
+    end_char: int
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    content: str
+    total_chars: int
+
+
+@dataclass(frozen=True)
+class ResultPage(Generic[T]):
+    """One page of a cursor-paginated listing; ``next_page_token`` is "" on the last page."""
+
+    items: list[T] = field(default_factory=list)
+    next_page_token: str = ""
+    total_size: int = 0
+
+
+@dataclass(frozen=True)
+class FileFilter:
+    """Filters for listing a directory's files (all optional, combined with AND)."""
+
+    display_name: str = ""
+    display_name_contains: str = ""
+    unique_id: str = ""
+    file_id: str = ""
+
+
+@dataclass(frozen=True)
+class UploadSpec:
+    """What UploadFile writes (already validated: metadata_json is a JSON object)."""
+
+    display_name: str
+    content: bytes
+    content_type: str
+    unique_id: str
+    external_file_id: str
+    metadata_json: str

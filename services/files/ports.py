@@ -1,0 +1,108 @@
+"""What the files service depends on: a transactional catalog.
+
+``SqlCatalog`` (adapters/sql.py) implements it over SQLite or PostgreSQL. Every method that
+names a project-owned object takes the caller's project id and raises ``NotFound`` for objects
+of other projects; worker-protocol methods are internal and take ids only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from services.files.domain import (
+    Directory,
+    DirectoryFile,
+    FileFilter,
+    FoundFile,
+    Index,
+    Job,
+    JobItem,
+    Page,
+    ParsedText,
+    Project,
+    ResultPage,
+    UploadSpec,
+)
+
+# A decoded page token: the sort key of the last item already returned.
+Cursor = tuple[str, str]
+
+
+class Catalog(Protocol):
+    """Projects, keys, directories, files, indexes, sync jobs and parsed text."""
+
+    async def start(self) -> None:
+        """Create the schema if it is missing."""
+        ...
+
+    async def ready(self) -> bool:
+        """True when the database answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # projects and keys
+    async def project_for_key_hash(self, key_hash: str) -> Project | None: ...
+    async def ensure_project(self, name: str) -> Project: ...
+    async def get_project(self, project_id: str) -> Project: ...
+    async def list_projects(self, name: str) -> list[Project]: ...
+
+    async def add_api_key(self, project_id: str, key_hash: str) -> None:
+        """Map a key hash to a project; idempotent for the same project, AlreadyExists otherwise."""
+        ...
+
+    # directories and files
+    async def create_directory(self, project_id: str, name: str, description: str, type: str) -> Directory: ...
+    async def get_directory(self, project_id: str, directory_id: str) -> Directory: ...
+    async def list_directories(self, project_id: str) -> list[Directory]: ...
+    async def upload_file(self, project_id: str, directory_id: str, spec: UploadSpec) -> DirectoryFile: ...
+
+    async def list_directory_files(
+        self, project_id: str, directory_id: str, flt: FileFilter, limit: int, after: Cursor | None
+    ) -> ResultPage[DirectoryFile]: ...
+
+    async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None: ...
+
+    # indexes and syncs
+    async def create_index(
+        self, project_id: str, name: str, description: str, source_directory_id: str, metadata_json: str
+    ) -> Index: ...
+
+    async def get_index(self, project_id: str, index_id: str) -> Index: ...
+
+    async def list_indexes(
+        self, project_id: str, source_directory_id: str, limit: int, after: Cursor | None
+    ) -> ResultPage[Index]: ...
+
+    async def delete_index(self, project_id: str, index_id: str) -> Index: ...
+    async def start_sync(self, project_id: str, index_id: str) -> Job: ...
+    async def cancel_sync(self, project_id: str, index_id: str) -> Job: ...
+    async def get_job(self, job_id: str) -> Job: ...
+
+    # worker protocol
+    async def claim_job(self, worker_id: str, lease_seconds: float) -> Job | None: ...
+    async def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> Job: ...
+    async def list_job_items(self, job_id: str) -> list[JobItem]: ...
+    async def get_source_file(self, source_file_id: str) -> tuple[DirectoryFile, bytes]: ...
+    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> tuple[str, int]: ...
+
+    async def complete_job_item(
+        self,
+        job_id: str,
+        worker_id: str,
+        source_file_id: str,
+        text: str,
+        pages: Sequence[Page],
+        chunk_count: int,
+        error: str,
+    ) -> None: ...
+
+    async def finish_job(self, job_id: str, worker_id: str, status: str, error: str) -> Job: ...
+
+    # retrieval over parsed files
+    async def find_files(
+        self, project_id: str, index_id: str, name: str, name_contains: str, limit: int, after: Cursor | None
+    ) -> ResultPage[FoundFile]: ...
+
+    async def get_parsed_text(self, project_id: str, index_id: str, file_id: str) -> ParsedText: ...

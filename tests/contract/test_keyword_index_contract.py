@@ -1,0 +1,281 @@
+"""The ``KeywordIndex`` contract: every adapter answers these scenarios identically.
+
+Adapters are listed in ``ADAPTERS`` as factories ``(tmp_path) -> open``, where ``open()`` returns
+a new client over the same storage (so a reopen tests persistence). An OpenSearch adapter joins
+as one more entry, skipped loudly unless ``QUARRY_TEST_OPENSEARCH_URL`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from services.common.domain import Chunk, Condition, FilterNode, Op, chunk_id
+from services.sparse.adapters.tantivy import TantivyKeywordIndex
+from services.sparse.ports import KeywordIndex
+from tests.contract.filter_scenarios import CHUNKS, INDEX, LEGACY, REQUIRED
+
+Opener = Callable[[], KeywordIndex]
+
+
+def _tantivy(tmp_path: Path) -> Opener:
+    return lambda: TantivyKeywordIndex(tmp_path / "sparse", writer_heap_bytes=16 * 1024 * 1024, threads=2)
+
+
+ADAPTERS: dict[str, Callable[[Path], Opener]] = {"tantivy": _tantivy}
+
+
+@pytest.fixture(params=sorted(ADAPTERS))
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    return ADAPTERS[request.param](tmp_path)
+
+
+@pytest.fixture
+async def kw(opener: Opener) -> AsyncIterator[KeywordIndex]:
+    index = opener()
+    yield index
+    await index.close()
+
+
+def _chunk(index_id: str, file_id: str, i: int, content: str, **meta: object) -> Chunk:
+    return Chunk(
+        id=chunk_id(file_id, 1, i),
+        index_id=index_id,
+        file_id=file_id,
+        file_name=f"{file_id}.md",
+        content=content,
+        metadata=meta,  # type: ignore[arg-type]
+        chunk_index=i,
+        start_char=10 * i,
+        end_char=10 * i + len(content),
+        token_count=len(content.split()),
+        page_start=i + 1,
+        page_end=i + 2,
+    )
+
+
+CORPUS = [
+    ("f-rust", "Tantivy is a full-text search engine library written in Rust, inspired by Lucene."),
+    ("f-rust", "The Rust compiler checks ownership and borrowing at compile time."),
+    ("f-py", "Python is a programming language; pytest executes the tests of Python projects."),
+    ("f-run", "She runs every morning before work, and the dog runs with her."),
+    ("f-db", "PostgreSQL is a relational database with full-text search, JSON and extensions."),
+]
+
+
+def _corpus(index_id: str) -> list[Chunk]:
+    return [_chunk(index_id, f, i, text) for i, (f, text) in enumerate(CORPUS)]
+
+
+def _ids(hits: list) -> list[str]:  # type: ignore[type-arg]
+    return [h.chunk.id for h in hits]
+
+
+@pytest.fixture
+async def corpus(kw: KeywordIndex) -> str:
+    index_id = "corpus-" + uuid.uuid4().hex[:8]
+    await kw.upsert(index_id, _corpus(index_id))
+    return index_id
+
+
+# -- writes -----------------------------------------------------------------------------------
+
+
+async def test_upsert_same_id_twice_keeps_one_copy_and_replaces_it(kw: KeywordIndex) -> None:
+    first = _chunk("idem", "f", 0, "original wording about granite", year=2020)
+    await kw.upsert("idem", [first])
+    await kw.upsert("idem", [first])
+    assert await kw.count("idem") == 1
+
+    changed = _chunk("idem", "f", 0, "replacement wording about marble", year=2021)
+    await kw.upsert("idem", [changed, changed])
+    assert await kw.count("idem") == 1
+    assert await kw.search("idem", "granite", 10, None) == []
+    hits = await kw.search("idem", "marble", 10, None)
+    assert [h.chunk for h in hits] == [changed]
+
+
+async def test_search_returns_the_full_chunk(kw: KeywordIndex) -> None:
+    chunk = _chunk(
+        "full", "file-9", 3, "quarry stone blocks", title="Stones", tags=["a", "b"], n=1.5, ok=True
+    )
+    await kw.upsert("full", [chunk])
+    (hit,) = await kw.search("full", "stone", 5, None)
+    assert hit.chunk == chunk
+    assert hit.score > 0
+
+
+# -- ranking and analysis ---------------------------------------------------------------------
+
+
+async def test_bm25_ranks_the_best_matching_chunk_first(kw: KeywordIndex, corpus: str) -> None:
+    chunks = _corpus(corpus)
+    hits = await kw.search(corpus, "rust search engine library", 5, None)
+    assert _ids(hits)[0] == chunks[0].id
+    assert chunks[1].id in _ids(hits)  # mentions Rust only: matched, ranked lower
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+    hits = await kw.search(corpus, "python tests", 5, None)
+    assert _ids(hits) == [chunks[2].id]
+
+
+async def test_stemming_matches_other_word_forms(kw: KeywordIndex, corpus: str) -> None:
+    runs = _corpus(corpus)[3].id
+    assert _ids(await kw.search(corpus, "running", 5, None)) == [runs]
+    assert _ids(await kw.search(corpus, "RUN", 5, None)) == [runs]
+    assert _ids(await kw.search(corpus, "databases", 5, None)) == [_corpus(corpus)[4].id]
+
+
+async def test_stop_words_are_not_searched(kw: KeywordIndex, corpus: str) -> None:
+    assert await kw.search(corpus, "the and with is a", 5, None) == []
+    with_stop = await kw.search(corpus, "the ownership of the compiler", 5, None)
+    without = await kw.search(corpus, "ownership compiler", 5, None)
+    assert [(h.chunk.id, h.score) for h in with_stop] == [(h.chunk.id, h.score) for h in without]
+    assert _ids(without) == [_corpus(corpus)[1].id]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'AND OR ( " :',
+        ")(][}{^~*?\\/+-!&&||",
+        'content:rust AND "unterminated',
+        "title:foo OR",
+        "rust) AND (search",
+        "",
+        "   ",
+        "\x00\u200b💥",
+    ],
+)
+async def test_query_syntax_characters_never_raise(kw: KeywordIndex, corpus: str, text: str) -> None:
+    hits = await kw.search(corpus, text, 5, None)
+    assert all(h.chunk.index_id == corpus for h in hits)
+    if "rust" in text:
+        assert _corpus(corpus)[0].id in _ids(hits)
+
+
+async def test_top_k_cuts_the_ranking(kw: KeywordIndex, corpus: str) -> None:
+    every = await kw.search(corpus, "rust python runs database search", 10, None)
+    assert len(every) == 5
+    assert _ids(await kw.search(corpus, "rust python runs database search", 2, None)) == _ids(every)[:2]
+    assert len(await kw.search(corpus, "rust python runs database search", 1, None)) == 1
+
+
+async def test_missing_index_is_empty_not_an_error(kw: KeywordIndex) -> None:
+    assert await kw.search("never-created", "anything", 10, None) == []
+    assert await kw.count("never-created") == 0
+    assert await kw.delete_file("never-created", "f") == 0
+    await kw.drop("never-created")
+
+
+async def test_indexes_are_isolated_and_any_id_is_safe(kw: KeywordIndex) -> None:
+    odd = "../Projekt ü/idx:1"
+    await kw.upsert(odd, [_chunk(odd, "f", 0, "shared word alpha")])
+    await kw.upsert("plain", [_chunk("plain", "f", 0, "shared word beta")])
+    assert [h.chunk.content for h in await kw.search(odd, "shared", 5, None)] == ["shared word alpha"]
+    assert [h.chunk.content for h in await kw.search("plain", "shared", 5, None)] == ["shared word beta"]
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def filtered(kw: KeywordIndex) -> KeywordIndex:
+    await kw.upsert(INDEX, CHUNKS)
+    return kw
+
+
+@pytest.mark.parametrize(("name", "node", "expected"), REQUIRED, ids=[s[0] for s in REQUIRED])
+async def test_required_filter_scenarios(
+    filtered: KeywordIndex, name: str, node: FilterNode, expected: set[str]
+) -> None:
+    hits = await filtered.search(INDEX, "quarry", 100, node)
+    assert {h.chunk.id for h in hits} == expected
+
+
+@pytest.mark.parametrize(("name", "node", "expected"), LEGACY, ids=[s[0] for s in LEGACY])
+async def test_legacy_filter_scenarios(
+    filtered: KeywordIndex, name: str, node: FilterNode, expected: set[str]
+) -> None:
+    hits = await filtered.search(INDEX, "quarry", 100, node)
+    assert {h.chunk.id for h in hits} == expected
+
+
+async def test_filter_does_not_change_bm25_scores(filtered: KeywordIndex) -> None:
+    plain = {h.chunk.id: h.score for h in await filtered.search(INDEX, "retrieval search", 100, None)}
+    node = Condition("author", Op.IN, ("Ada", "Brian", "Chen"))
+    some = {h.chunk.id: h.score for h in await filtered.search(INDEX, "retrieval search", 100, node)}
+    assert len(some) == 3
+    assert some == {cid: plain[cid] for cid in some}
+
+
+async def test_filter_narrows_before_top_k(filtered: KeywordIndex) -> None:
+    node = Condition("author", Op.EQ, ("Eve",))
+    hits = await filtered.search(INDEX, "quarry", 1, node)
+    assert [h.chunk.metadata["author"] for h in hits] == ["Eve"]
+
+
+# -- deletes, counts, persistence -------------------------------------------------------------
+
+
+async def test_delete_file_removes_only_that_file(kw: KeywordIndex, corpus: str) -> None:
+    assert await kw.count(corpus) == 5
+    assert await kw.count(corpus, "f-rust") == 2
+    assert await kw.delete_file(corpus, "f-rust") == 2
+    assert await kw.count(corpus, "f-rust") == 0
+    assert await kw.count(corpus) == 3
+    assert await kw.search(corpus, "rust", 5, None) == []
+    assert await kw.delete_file(corpus, "f-rust") == 0
+    assert len(await kw.search(corpus, "python", 5, None)) == 1
+
+
+async def test_drop_removes_the_index_and_it_can_be_recreated(kw: KeywordIndex, corpus: str) -> None:
+    await kw.drop(corpus)
+    assert await kw.count(corpus) == 0
+    assert await kw.search(corpus, "rust", 5, None) == []
+    await kw.upsert(corpus, _corpus(corpus)[:1])
+    assert await kw.count(corpus) == 1
+
+
+async def test_data_survives_a_reopen(opener: Opener) -> None:
+    first = opener()
+    chunks = _corpus("durable")
+    await first.upsert("durable", chunks)
+    before = await first.search("durable", "rust search", 5, Condition("$file_id", Op.EQ, ("f-rust",)))
+    await first.close()
+
+    second = opener()
+    try:
+        assert await second.count("durable") == 5
+        after = await second.search("durable", "rust search", 5, Condition("$file_id", Op.EQ, ("f-rust",)))
+        assert [(h.chunk, h.score) for h in after] == [(h.chunk, h.score) for h in before]
+        assert {h.chunk.id for h in after} == {chunks[0].id, chunks[1].id}
+        await second.upsert("durable", chunks[:1])  # the reopened index is writable, ids still unique
+        assert await second.count("durable") == 5
+    finally:
+        await second.close()
+
+
+async def test_ready(kw: KeywordIndex) -> None:
+    assert await kw.ready() is True
+
+
+async def test_concurrent_writes_and_reads_are_serialised_safely(kw: KeywordIndex) -> None:
+    batches = [
+        [_chunk("busy", f"file-{b}", i, f"concurrent granite batch {b} item {i}") for i in range(5)]
+        for b in range(8)
+    ]
+    results = await asyncio.gather(
+        *(kw.upsert("busy", batch) for batch in batches),
+        *(kw.search("busy", "granite", 50, None) for _ in range(8)),
+        kw.upsert("busy", batches[0]),
+    )
+    assert all(isinstance(r, list) for r in results[8:16])
+    assert await kw.count("busy") == 40
+    assert len(await kw.search("busy", "granite", 100, None)) == 40
+    assert await asyncio.gather(*(kw.delete_file("busy", f"file-{b}") for b in range(4))) == [5, 5, 5, 5]
+    assert await kw.count("busy") == 20

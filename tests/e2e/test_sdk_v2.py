@@ -1,0 +1,285 @@
+"""The whole stack as processes, driven only through the official ``llama-cloud==2.19.0`` SDK."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import llama_cloud
+import pytest
+from llama_cloud import LlamaCloud
+
+from services.launcher import Stack
+
+pytestmark = pytest.mark.e2e
+
+API_KEY = "qk-e2e-test-key"
+
+HISTORY = "\n\n".join(
+    f"Chapter {i}. The lighthouse keepers of the northern coast kept a log of every storm. "
+    f"In year {1850 + i} the keeper recorded waves taller than the tower and a ship named Aurora {i} "
+    "that anchored in the bay until the wind turned. The log mentions lamp oil, fog bells and the "
+    "long winter nights when supply boats could not reach the island."
+    for i in range(1, 13)
+)
+
+DOCS: dict[str, tuple[str, dict[str, Any]]] = {
+    "solar.md": (
+        "# Solar power\n\nPhotovoltaic solar panels convert sunlight directly into electricity. "
+        "Silicon cells release electrons when photons hit them, and an inverter turns the direct "
+        "current into alternating current for the grid.",
+        {"year": 2021, "author": "Ada", "topic": "energy", "draft": False},
+    ),
+    "volcano.txt": (
+        "Volcanoes form where magma from the mantle reaches the surface. Eruptions release ash, "
+        "lava and gases; the 1991 eruption of Mount Pinatubo cooled the planet for two years.",
+        {"year": 2022, "author": "Brian", "topic": "geology", "draft": True},
+    ),
+    "baking.html": (
+        "<html><body><h1>Sourdough</h1><p>Sourdough bread rises with a starter of wild yeast and "
+        "lactic acid bacteria. Bakers feed the starter with flour and water and bake the loaf in a "
+        "very hot Dutch oven.</p><script>ignored()</script></body></html>",
+        {"year": 2023, "author": "Chen", "topic": "food", "draft": False},
+    ),
+    "rust.md": (
+        "# Rust ownership\n\nThe Rust programming language checks memory safety at compile time. "
+        "The borrow checker enforces that a value has one owner and that references never outlive it.",
+        {"year": 2024, "author": "Ada", "topic": "software", "draft": False},
+    ),
+    "lighthouse-history.txt": (HISTORY, {"year": 2020, "author": "Eve", "topic": "history", "draft": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data = tmp_path_factory.mktemp("quarry-e2e")
+    s = Stack(data_dir=data, port=0, api_key=API_KEY, log_file=data / "stack.log",
+              env={"QUARRY_INGEST_POLL_INTERVAL": "0.2"})
+    try:
+        s.start(timeout=180)
+    except Exception:
+        print((data / "stack.log").read_text()[-5000:])
+        raise
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> LlamaCloud:
+    return LlamaCloud(api_key=API_KEY, base_url=stack.base_url, max_retries=0, timeout=60)
+
+
+def wait_synced(client: LlamaCloud, index_id: str, timeout: float = 180) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        index = client.indexes.get(index_id, expand=["sync_in_progress"])
+        if index.sync_in_progress is False and (index.model_extra or {}).get("sync_status") == "succeeded":
+            return index
+        assert (index.model_extra or {}).get("sync_status") != "failed", index
+        time.sleep(0.3)
+    raise AssertionError("sync did not finish")
+
+
+@pytest.fixture(scope="module")
+def index(client: LlamaCloud) -> Any:
+    directory = client.beta.directories.create(name="e2e-corpus")
+    for name, (text, meta) in DOCS.items():
+        client.beta.directories.files.upload(
+            directory.id, upload_file=(name, io.BytesIO(text.encode())), metadata=json.dumps(meta)
+        )
+    listed = list(client.beta.directories.files.list(directory.id))
+    assert sorted(f.display_name for f in listed) == sorted(DOCS)
+    created = client.indexes.create(source_directory_id=directory.id, name="e2e-index")
+    client.indexes.sync(created.id)
+    return wait_synced(client, created.id)
+
+
+@pytest.fixture(scope="module")
+def file_ids(client: LlamaCloud, index: Any) -> dict[str, str]:
+    return {f.file_name: f.file_id for f in client.retrieval.find(index_id=index.id)}
+
+
+def names(results: Any, file_ids: dict[str, str]) -> list[str]:
+    by_id = {v: k for k, v in file_ids.items()}
+    return [by_id[r.static_fields.parsed_directory_file_id] for r in results]
+
+
+def test_best_result_answers_the_query_and_results_are_ordered(client: LlamaCloud, index: Any,
+                                                               file_ids: dict[str, str]) -> None:
+    response = client.retrieval.retrieve(index_id=index.id, query="how do photovoltaic panels turn sunlight into power")
+    results = response.results
+    assert names(results, file_ids)[0] == "solar.md"
+    rerank_scores = [r.rerank_score for r in results]
+    assert all(s is not None for s in rerank_scores), "rerank is on by default"
+    assert rerank_scores == sorted(rerank_scores, reverse=True)
+    top = results[0]
+    assert top.metadata == {"year": 2021, "author": "Ada", "topic": "energy", "draft": False}
+    sf = top.static_fields
+    assert sf.chunk_index == 0 and sf.chunk_token_count > 0
+    text = client.retrieval.read(index_id=index.id, file_id=sf.parsed_directory_file_id, offset=sf.chunk_start_char,
+                                 max_length=sf.chunk_end_char - sf.chunk_start_char).content
+    assert text == top.content
+
+
+def test_top_k_and_rerank_top_n_limit_the_count(client: LlamaCloud, index: Any) -> None:
+    assert len(client.retrieval.retrieve(index_id=index.id, query="lighthouse storm", top_k=3).results) == 3
+    assert len(client.retrieval.retrieve(index_id=index.id, query="lighthouse storm", top_k=7).results) == 7
+    out = client.retrieval.retrieve(index_id=index.id, query="lighthouse storm", top_k=5, rerank={"top_n": 2})
+    assert len(out.results) == 2
+
+
+def test_without_rerank_results_are_ordered_by_score(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    out = client.retrieval.retrieve(index_id=index.id, query="sourdough starter yeast", rerank={"enabled": False})
+    assert all(r.rerank_score is None for r in out.results)
+    scores = [r.score for r in out.results]
+    assert scores == sorted(scores, reverse=True)
+    assert names(out.results, file_ids)[0] == "baking.html"
+    assert "ignored()" not in out.results[0].content
+
+
+def test_a_zero_weight_skips_that_leg(client: LlamaCloud, index: Any) -> None:
+    out = client.retrieval.retrieve(index_id=index.id, query="borrow checker", vector_pipeline_weight=0.0,
+                                    full_text_pipeline_weight=1.0, rerank={"enabled": False})
+    assert out.results
+    assert all((r.model_extra or {}).get("dense_score") is None for r in out.results)
+
+
+FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
+    ({"author": {"operator": "eq", "value": "Ada"}}, {"solar.md", "rust.md"}),
+    ({"author": {"operator": "ne", "value": "Ada"}}, {"volcano.txt", "baking.html", "lighthouse-history.txt"}),
+    ({"year": {"operator": "gt", "value": 2022}}, {"baking.html", "rust.md"}),
+    ({"year": {"operator": "gte", "value": 2022}}, {"volcano.txt", "baking.html", "rust.md"}),
+    ({"year": {"operator": "lt", "value": 2021}}, {"lighthouse-history.txt"}),
+    ({"year": {"operator": "lte", "value": 2021}}, {"lighthouse-history.txt", "solar.md"}),
+    ({"topic": {"operator": "in", "value": ["food", "geology"]}}, {"baking.html", "volcano.txt"}),
+    ({"topic": {"operator": "nin", "value": ["food", "geology", "history"]}}, {"solar.md", "rust.md"}),
+    ({"draft": {"operator": "eq", "value": True}}, {"volcano.txt", "lighthouse-history.txt"}),
+    ({"year": [{"operator": "gte", "value": 2021}, {"operator": "lt", "value": 2023}]}, {"solar.md", "volcano.txt"}),
+    ({"author": {"operator": "eq", "value": "Ada"}, "year": {"operator": "gt", "value": 2022}, "other": None},
+     {"rust.md"}),
+]
+
+
+@pytest.mark.parametrize(("custom_filters", "expected"), FILTER_CASES, ids=[str(c[0]) for c in FILTER_CASES])
+def test_every_filter_operator(client: LlamaCloud, index: Any, file_ids: dict[str, str],
+                               custom_filters: dict[str, Any], expected: set[str]) -> None:
+    out = client.retrieval.retrieve(index_id=index.id, query="the", top_k=100, custom_filters=custom_filters,
+                                    rerank={"enabled": False})
+    assert set(names(out.results, file_ids)) == expected
+
+
+def test_file_filter(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    only = file_ids["volcano.txt"]
+    out = client.retrieval.retrieve(index_id=index.id, query="solar panels", top_k=50,
+                                    static_filters={"parsed_directory_file_id": {"operator": "eq", "value": only}})
+    assert {r.static_fields.parsed_directory_file_id for r in out.results} == {only}
+    out = client.retrieval.retrieve(index_id=index.id, query="solar panels", top_k=50,
+                                    static_filters={"parsed_directory_file_id": {"operator": "nin", "value": [only]}})
+    assert out.results and only not in {r.static_fields.parsed_directory_file_id for r in out.results}
+
+
+def test_score_threshold_applies_to_score(client: LlamaCloud, index: Any) -> None:
+    everything = client.retrieval.retrieve(index_id=index.id, query="volcano eruption ash", top_k=50,
+                                           rerank={"enabled": False}).results
+    threshold = everything[2].score
+    kept = client.retrieval.retrieve(index_id=index.id, query="volcano eruption ash", top_k=50,
+                                     score_threshold=threshold, rerank={"enabled": False}).results
+    assert kept and all(r.score >= threshold for r in kept)
+    assert len(kept) == sum(1 for r in everything if r.score >= threshold)
+
+
+def test_find_by_exact_name_and_substring_with_pagination(client: LlamaCloud, index: Any) -> None:
+    exact = list(client.retrieval.find(index_id=index.id, file_name="rust.md"))
+    assert [f.file_name for f in exact] == ["rust.md"]
+    sub = [f.file_name for f in client.retrieval.find(index_id=index.id, file_name_contains="O")]
+    assert sorted(sub) == ["lighthouse-history.txt", "solar.md", "volcano.txt"]
+    paged = [f.file_name for f in client.retrieval.find(index_id=index.id, page_size=2)]
+    assert sorted(paged) == sorted(DOCS)
+    first = client.retrieval.find(index_id=index.id, page_size=2)
+    assert len(first.items) == 2 and first.next_page_token
+
+
+def test_grep_offsets_and_context(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    fid = file_ids["lighthouse-history.txt"]
+    text = client.retrieval.read(index_id=index.id, file_id=fid).content
+    assert text == HISTORY
+    matches = list(client.retrieval.grep(index_id=index.id, file_id=fid, pattern=r"Aurora \d+", context_chars=10,
+                                         page_size=5))
+    assert len(matches) == 12
+    for m in matches:
+        assert text[m.start_char:m.end_char].startswith("Aurora ")
+        assert m.content == text[max(0, m.start_char - 10): m.end_char + 10]
+    assert [m.start_char for m in matches] == sorted(m.start_char for m in matches)
+
+
+def test_read_with_offset_and_length(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    fid = file_ids["lighthouse-history.txt"]
+    assert client.retrieval.read(index_id=index.id, file_id=fid, offset=11, max_length=25).content == HISTORY[11:36]
+    assert client.retrieval.read(index_id=index.id, file_id=fid, offset=len(HISTORY) + 5).content == ""
+
+
+def test_unknown_index_and_file_are_404(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    with pytest.raises(llama_cloud.NotFoundError):
+        client.retrieval.retrieve(index_id="no-such-index", query="x")
+    with pytest.raises(llama_cloud.NotFoundError):
+        list(client.retrieval.find(index_id="no-such-index"))
+    with pytest.raises(llama_cloud.NotFoundError):
+        client.retrieval.read(index_id=index.id, file_id="no-such-file")
+    with pytest.raises(llama_cloud.NotFoundError):
+        list(client.retrieval.grep(index_id=index.id, file_id="no-such-file", pattern="x"))
+    with pytest.raises(llama_cloud.NotFoundError):
+        list(client.retrieval.grep(index_id="no-such-index", file_id=file_ids["rust.md"], pattern="x"))
+
+
+def test_bad_input_is_422_naming_the_field(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    with pytest.raises(llama_cloud.UnprocessableEntityError) as err:
+        client.retrieval.retrieve(index_id=index.id, query="x", custom_filters={"year": {"operator": "like", "value": 1}})
+    assert "custom_filters" in json.dumps(err.value.body)
+    with pytest.raises(llama_cloud.UnprocessableEntityError) as err:
+        client.retrieval.retrieve(index_id=index.id, query="x", vector_pipeline_weight=1.5)
+    assert "vector_pipeline_weight" in json.dumps(err.value.body)
+    with pytest.raises(llama_cloud.UnprocessableEntityError) as err:
+        client.retrieval.retrieve(index_id=index.id, query="x", custom_filters={"year": {"operator": "gt", "value": "soon"}})
+    assert "year" in json.dumps(err.value.body)
+    with pytest.raises((llama_cloud.UnprocessableEntityError, llama_cloud.BadRequestError)) as err2:
+        list(client.retrieval.grep(index_id=index.id, file_id=file_ids["rust.md"], pattern="(unclosed"))
+    assert "pattern" in json.dumps(err2.value.body)
+    assert err2.value.response.headers.get("x-should-retry") == "false"
+
+
+def test_wrong_api_key_is_401(stack: Stack, index: Any) -> None:
+    bad = LlamaCloud(api_key="not-a-key", base_url=stack.base_url, max_retries=0)
+    with pytest.raises(llama_cloud.AuthenticationError):
+        bad.retrieval.retrieve(index_id=index.id, query="x")
+
+
+def test_default_project_is_listed(client: LlamaCloud) -> None:
+    assert [p.name for p in client.projects.list()] == ["Default"]
+
+
+def test_resync_after_a_change_serves_new_content_not_a_stale_cache(client: LlamaCloud, index: Any,
+                                                                     stack: Stack) -> None:
+    query = "which metal is used for the kettle"
+    before = client.retrieval.retrieve(index_id=index.id, query=query, top_k=3)
+    again = client.retrieval.retrieve(index_id=index.id, query=query, top_k=3)
+    assert (again.model_extra or {}).get("cached") is True
+    client.beta.directories.files.upload(
+        index.source_directory_id,
+        upload_file=("kettle.txt", io.BytesIO(b"The kettle is made of copper, a metal that conducts heat well.")),
+        metadata=json.dumps({"year": 2025, "author": "Kim", "topic": "kitchen"}),
+    )
+    client.indexes.sync(index.id)
+    wait_synced(client, index.id)
+    after = client.retrieval.retrieve(index_id=index.id, query=query, top_k=3)
+    assert (after.model_extra or {}).get("cached") is False
+    assert "copper" in after.results[0].content
+    assert before.results[0].content != after.results[0].content
+
+
+def test_every_process_survives_the_suite(stack: Stack) -> None:
+    assert stack.failed() == []
+    assert not Path(stack.data_dir / "api_key").exists()  # a key given by the caller is not written to disk

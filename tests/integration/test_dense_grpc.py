@@ -1,0 +1,106 @@
+"""The dense servicer on a real grpc.aio server (port 0), called through the generated stub."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services._proto.quarry.common.v1 import common_pb2
+from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
+from services.common.channels import channel
+from services.common.convert import filter_to_pb
+from services.common.domain import And, Condition, Op, chunk_id
+from services.common.grpc_server import RunningServer, start_server
+from services.dense.bootstrap import bootstrap
+from services.dense.servicer import SERVICE_NAME, DenseSearchServicer, register
+from services.dense.settings import DenseSettings
+
+DOCS = [
+    ("file-a", "Glaciers carve valleys as they slowly move downhill.", {"year": 2021, "kind": "geo"}),
+    ("file-a", "Moraines are ridges of debris left behind by glaciers.", {"year": 2022, "kind": "geo"}),
+    ("file-b", "Espresso is brewed by forcing hot water through coffee.", {"year": 2022, "kind": "food"}),
+]
+
+
+def _chunks(index_id: str) -> list[common_pb2.Chunk]:
+    return [
+        common_pb2.Chunk(id=chunk_id(f, 1, i), index_id=index_id, file_id=f, file_name=f"{f}.md",
+                         content=text, metadata_json=json.dumps(meta), chunk_index=i, end_char=len(text))
+        for i, (f, text, meta) in enumerate(DOCS)
+    ]
+
+
+@pytest.fixture
+async def stub(tmp_path: Path) -> AsyncIterator[dense_pb2_grpc.DenseSearchStub]:
+    settings = DenseSettings(port=0, data_dir=str(tmp_path / "dense"))
+    app = bootstrap(settings)
+    running: RunningServer = await start_server(
+        settings, register(DenseSearchServicer(app.service)), [SERVICE_NAME], app.ready
+    )
+    ch = channel(running.address)
+    try:
+        yield dense_pb2_grpc.DenseSearchStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await ch.close()
+        await running.stop(0)
+        await app.close()
+
+
+async def test_all_rpcs_round_trip(stub: dense_pb2_grpc.DenseSearchStub) -> None:
+    embedded = await stub.Embed(dense_pb2.EmbedRequest(texts=["one", "two"], is_query=True), timeout=10)
+    assert embedded.dim == 384 and len(embedded.vectors) == 2 and len(embedded.vectors[0].values) == 384
+    assert embedded.model == "all-MiniLM-L6-v2-onnx-int8"
+
+    upserted = await stub.Upsert(dense_pb2.UpsertRequest(index_id="idx", chunks=_chunks("idx")), timeout=30)
+    assert upserted.upserted == 3
+    assert (await stub.Count(dense_pb2.CountRequest(index_id="idx"), timeout=5)).count == 3
+    assert (await stub.Count(dense_pb2.CountRequest(index_id="idx", file_id="file-a"), timeout=5)).count == 2
+
+    query = "how do glaciers shape valleys"
+    found = await stub.Search(dense_pb2.SearchRequest(index_id="idx", query=query, top_k=2), timeout=10)
+    assert [h.chunk.id for h in found.hits] == [chunk_id("file-a", 1, 0), chunk_id("file-a", 1, 1)]
+    assert found.hits[0].score > found.hits[1].score
+    assert json.loads(found.hits[0].chunk.metadata_json) == {"year": 2021, "kind": "geo"}
+    assert found.hits[0].chunk.file_name == "file-a.md"
+    assert found.embed_seconds > 0 and found.search_seconds > 0
+
+    flt = And((Condition("year", Op.EQ, (2022,)), Condition("kind", Op.NE, ("geo",))))
+    filtered = await stub.Search(
+        dense_pb2.SearchRequest(index_id="idx", query="glaciers", top_k=10, filter=filter_to_pb(flt),
+                                has_filter=True),
+        timeout=10)
+    assert [h.chunk.id for h in filtered.hits] == [chunk_id("file-b", 1, 2)]
+
+    deleted = await stub.DeleteFile(dense_pb2.DeleteFileRequest(index_id="idx", file_id="file-a"), timeout=10)
+    assert deleted.deleted == 2
+    dropped = await stub.DropIndex(dense_pb2.DropIndexRequest(index_id="idx"), timeout=10)
+    assert dropped.deleted == 1
+    assert (await stub.Count(dense_pb2.CountRequest(index_id="idx"), timeout=5)).count == 0
+
+
+async def test_errors_map_to_status_codes(stub: dense_pb2_grpc.DenseSearchStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Search(dense_pb2.SearchRequest(index_id="", query="q", top_k=3), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Search(dense_pb2.SearchRequest(index_id="idx", query="q", top_k=3, has_filter=True,
+                                                  filter=common_pb2.Filter()), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    bad = common_pb2.Chunk(id="c1", file_id="f", content="x", metadata_json="[1, 2]")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Upsert(dense_pb2.UpsertRequest(index_id="idx", chunks=[bad]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # An index that was never written answers with no hits, not an error.
+    empty = await stub.Search(dense_pb2.SearchRequest(index_id="never", query="q", top_k=3), timeout=5)
+    assert list(empty.hits) == []

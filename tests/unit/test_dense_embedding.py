@@ -1,0 +1,58 @@
+"""OnnxEmbedder over the packaged all-MiniLM-L6-v2 int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.common.models import load_encoder
+from services.dense.embedding import OnnxEmbedder
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "A kitten is resting on a rug.",
+    "Quarterly revenue grew by twelve percent, driven by cloud subscriptions and strong renewals.",
+    "Stock markets fell sharply today.",
+    "x",
+]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> OnnxEmbedder:
+    return OnnxEmbedder.load()
+
+
+def test_model_and_dimension(embedder: OnnxEmbedder) -> None:
+    assert embedder.dim == 384
+    assert embedder.model_name == "all-MiniLM-L6-v2-onnx-int8"
+
+
+def test_rows_are_unit_length_float32(embedder: OnnxEmbedder) -> None:
+    vectors = embedder.embed(TEXTS)
+    assert vectors.shape == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_empty_input_gives_no_rows(embedder: OnnxEmbedder) -> None:
+    assert embedder.embed([]).shape == (0, 384)
+
+
+def test_batching_preserves_order() -> None:
+    small_batches = OnnxEmbedder(load_encoder(batch_size=2))
+    one_by_one = np.vstack([small_batches.embed([t]) for t in TEXTS])
+    batched = small_batches.embed(TEXTS)
+    # Rows come back in input order even though batches are formed by length.
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
+    assert np.argmax(batched @ one_by_one[2]) == 2
+
+
+def test_similar_texts_are_closer(embedder: OnnxEmbedder) -> None:
+    cat, kitten, revenue, stocks, _ = embedder.embed(TEXTS)
+    assert cat @ kitten > cat @ revenue
+    assert cat @ kitten > cat @ stocks
+    assert revenue @ stocks > revenue @ kitten
+
+
+def test_query_and_passage_embed_alike(embedder: OnnxEmbedder) -> None:
+    np.testing.assert_allclose(embedder.embed(TEXTS[:1], is_query=True), embedder.embed(TEXTS[:1]), atol=1e-6)
