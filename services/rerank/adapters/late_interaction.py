@@ -1,0 +1,169 @@
+"""Late-interaction reranking (ColBERT-style MaxSim) over the packaged MiniLM's token vectors.
+
+score(q, p) = mean over query tokens of the max cosine to any passage token. The mean and the
+sum rank a query's passages identically (they differ by the constant query length); the mean is
+kept because it stays in [-1, 1] whatever the query length, so scores are comparable across
+queries (thresholds, fusion, logs).
+
+Passage token vectors are cached (LRU keyed by a hash of the text, float16 to halve memory), so
+candidates seen again in later requests cost only the matrix product.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
+from services.rerank.adapters._runner import ModelRunner, check_deadline
+
+Vectors = npt.NDArray[np.float16]
+
+
+def text_key(text: str) -> bytes:
+    """The cache key of a text: a 128-bit BLAKE2b digest of its UTF-8 bytes."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class TokenVectorCache:
+    """A thread-safe LRU of token-vector matrices bounded by entry count and by bytes."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, Vectors] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: bytes) -> Vectors | None:
+        """The cached matrix (now most recently used), or None."""
+        with self._lock:
+            found = self._items.get(key)
+            if found is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return found
+
+    def put(self, key: bytes, value: Vectors) -> None:
+        """Insert ``value``, evicting least recently used entries past either bound."""
+        if self.max_entries == 0 or value.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._items[key] = value
+            self._bytes += value.nbytes
+            while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+
+def maxsim(query: npt.NDArray[np.floating], passage: npt.NDArray[np.floating]) -> float:
+    """Mean over query tokens of the max cosine to any passage token (rows are unit vectors)."""
+    if query.shape[0] == 0 or passage.shape[0] == 0:
+        return 0.0
+    sims = query.astype(np.float32) @ passage.astype(np.float32).T
+    return float(sims.max(axis=1).mean())
+
+
+class LateInteractionReranker:
+    """MaxSim reranker over an encoder's token vectors; implements ``ports.Reranker``."""
+
+    def __init__(
+        self,
+        encoder: EncoderModel,
+        *,
+        batch_size: int = 32,
+        cache_size: int = 4096,
+        cache_mb: int = 256,
+    ) -> None:
+        self._encoder = encoder
+        self._batch_size = batch_size
+        self.cache = TokenVectorCache(cache_size, cache_mb * 1024 * 1024)
+        self._runner = ModelRunner("late-interaction")
+        self._ready = False
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | None = None,
+        *,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        batch_size: int = 32,
+        threads: int = 0,
+        cache_size: int = 4096,
+        cache_mb: int = 256,
+    ) -> LateInteractionReranker:
+        """The packaged MiniLM (or ``model_dir``), passages truncated to ``max_tokens`` tokens."""
+        encoder = load_encoder(model_dir, max_tokens=max_tokens, batch_size=batch_size, threads=threads)
+        return cls(encoder, batch_size=batch_size, cache_size=cache_size, cache_mb=cache_mb)
+
+    @property
+    def model_name(self) -> str:
+        return f"late-interaction:{self._encoder.name}"
+
+    def _vectors(self, texts: Sequence[str], deadline: float | None) -> list[Vectors]:
+        """Token vectors of each text, from the cache or computed in batches of similar length."""
+        keys = [text_key(t) for t in texts]
+        found: dict[bytes, Vectors] = {}
+        missing: dict[bytes, str] = {}
+        for key, text in zip(keys, texts, strict=True):
+            if key in found or key in missing:
+                continue
+            cached = self.cache.get(key)
+            if cached is None:
+                missing[key] = text
+            else:
+                found[key] = cached
+        # Character length is a cheap proxy for token count: similar lengths share a batch,
+        # so little is spent on padding.
+        todo = sorted(missing.items(), key=lambda item: len(item[1]))
+        for start in range(0, len(todo), self._batch_size):
+            check_deadline(deadline)
+            batch = todo[start : start + self._batch_size]
+            vectors = self._encoder.token_vectors([text for _, text in batch])
+            for (key, _), vecs in zip(batch, vectors, strict=True):
+                half = vecs.astype(np.float16)
+                self.cache.put(key, half)
+                found[key] = half
+        return [found[k] for k in keys]
+
+    def _score(self, query: str, passages: Sequence[str], deadline: float | None) -> list[float]:
+        query_vecs, *passage_vecs = self._vectors([query, *passages], deadline)
+        check_deadline(deadline)
+        return [maxsim(query_vecs, p) for p in passage_vecs]
+
+    async def score(
+        self, query: str, passages: Sequence[str], *, timeout: float | None = None
+    ) -> list[float]:
+        """One MaxSim score per passage, in order; ``TimeoutError`` after ``timeout`` seconds."""
+        if not passages:
+            return []
+        return await self._runner.run(lambda deadline: self._score(query, passages, deadline), timeout)
+
+    async def ready(self) -> bool:
+        """True once the encoder has answered a one-word input (probed until it does)."""
+        if not self._ready:
+            vectors = await self._runner.run(lambda _: self._encoder.token_vectors(["ready"]), None)
+            self._ready = len(vectors) == 1 and vectors[0].shape[0] > 0
+        return self._ready
+
+    async def close(self) -> None:
+        self._runner.close()
