@@ -1,0 +1,47 @@
+"""Settings of the ingest worker (env prefix ``QUARRY_INGEST_``)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+
+from pydantic import Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+def default_worker_id() -> str:
+    """``hostname-pid-random``: unique per process, readable in the job table."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class IngestSettings(ServiceSettings):
+    """The worker claims jobs from files and writes chunks to dense and sparse.
+
+    The inherited host/port serve gRPC health only (the worker has no work API).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="QUARRY_INGEST_", env_nested_delimiter="__", extra="ignore")
+
+    files_addr: str = Field(description="host:port of the files service")
+    dense_addr: str = Field(description="host:port of the dense service")
+    sparse_addr: str = Field(description="host:port of the sparse service")
+    worker_id: str = Field(default_factory=default_worker_id)
+    lease_seconds: float = Field(default=30.0, gt=0, description="job lease; renewed every third of it")
+    poll_interval: float = Field(default=1.0, gt=0, description="seconds between ClaimJob calls when idle")
+    batch_size: int = Field(default=64, ge=1, description="chunks per Upsert call")
+    chunk_size: int = Field(default=200, ge=8, le=254, description="tokens per chunk (model reads 254)")
+    chunk_overlap: int = Field(default=40, ge=0, description="tokens shared by consecutive chunks")
+    rpc_timeout: float = Field(default=10.0, gt=0, description="deadline of every files/DeleteFile call")
+    upsert_timeout: float = Field(default=120.0, gt=0, description="deadline of an Upsert (dense embeds)")
+    retry_attempts: int = Field(default=6, ge=1, description="attempts per call on UNAVAILABLE")
+    retry_initial_backoff: float = Field(default=0.2, ge=0)
+    retry_max_backoff: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_half(self) -> IngestSettings:
+        if self.chunk_overlap >= self.chunk_size // 2:
+            raise ValueError("chunk_overlap must be below half of chunk_size")
+        return self

@@ -1,0 +1,424 @@
+"""The ingest worker: claim a sync job from files, parse -> chunk -> write to dense and sparse.
+
+Protocol (quarry.files.v1.Files, "Ingest worker protocol"): ClaimJob with a lease, renew it
+every third of the lease while working, ListJobItems, handle each pending item and commit it
+with CompleteJobItem, then FinishJob. A worker that dies leaves its lease to expire and
+another worker resumes the job at the first item not yet committed. Chunk ids are
+``chunk_id(parsed_file_id, version, index)``, and a file's chunks are deleted before they are
+written, so redoing an item after a crash rewrites the same ids and never duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from tokenizers import Tokenizer
+
+from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
+from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
+from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
+from services.common.convert import chunk_to_pb
+from services.common.domain import Chunk, MetaValue, chunk_id
+from services.ingest.chunking import ChunkingOptions, TextChunk, chunk_text
+from services.ingest.parsing import ParsedDocument, ParseError, parse
+from services.ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+
+#: Codes that say "try again later" rather than "this cannot work": the job is left to its
+#: lease (another attempt, here or on another worker) instead of being marked failed.
+_TRANSIENT = frozenset({
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+})
+
+
+class JobOutcome(StrEnum):
+    """How the worker left a job."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    LEASE_LOST = "lease_lost"
+    #: Stopped on shutdown or on a transient outage; the lease expiry hands it on.
+    ABANDONED = "abandoned"
+
+
+class LeaseLost(Exception):
+    """Files refused a call for the job (FAILED_PRECONDITION): the lease is gone."""
+
+
+class CallFailed(Exception):
+    """A gRPC call failed with a status that retrying here did not fix."""
+
+    def __init__(self, name: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{name}: {code.name}: {details}")
+        self.name = name
+        self.code = code
+        self.details = details
+
+    @property
+    def transient(self) -> bool:
+        return self.code in _TRANSIENT
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def chunk_metadata(metadata_json: str) -> dict[str, MetaValue]:
+    """A source file's metadata as chunk metadata: scalars and lists of scalars.
+
+    Chunk metadata has no nested objects (the retrieval contract); a nested value is kept as
+    its JSON text rather than dropped.
+    """
+    if not metadata_json.strip():
+        return {}
+    try:
+        raw = json.loads(metadata_json)
+    except json.JSONDecodeError:
+        log.warning("ignoring file metadata that is not JSON")
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, MetaValue] = {}
+    for key, value in raw.items():
+        if value is None or isinstance(value, str | int | float | bool):
+            out[str(key)] = value
+        elif isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value):
+            out[str(key)] = list(value)
+        else:
+            out[str(key)] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return out
+
+
+def build_chunks(
+    pieces: Sequence[TextChunk],
+    *,
+    index_id: str,
+    parsed_file_id: str,
+    version: int,
+    file_name: str,
+    metadata: Mapping[str, MetaValue],
+) -> list[Chunk]:
+    """Domain chunks with deterministic ids for one version of one parsed file."""
+    return [
+        Chunk(
+            id=chunk_id(parsed_file_id, version, piece.chunk_index),
+            index_id=index_id,
+            file_id=parsed_file_id,
+            content=piece.content,
+            file_name=file_name,
+            metadata=metadata,
+            chunk_index=piece.chunk_index,
+            start_char=piece.start_char,
+            end_char=piece.end_char,
+            token_count=piece.token_count,
+            page_start=piece.page_start,
+            page_end=piece.page_end,
+        )
+        for piece in pieces
+    ]
+
+
+def _batched(items: Sequence[Chunk], size: int) -> Iterator[Sequence[Chunk]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class IngestWorker:
+    """Claims jobs and works them one at a time; run several processes to scale out."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        files: files_pb2_grpc.FilesStub,
+        dense: dense_pb2_grpc.DenseSearchStub,
+        sparse: sparse_pb2_grpc.SparseSearchStub,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        self._s = settings
+        self._files = files
+        self._dense = dense
+        self._sparse = sparse
+        self._tokenizer = tokenizer
+        self._chunking = ChunkingOptions(settings.chunk_size, settings.chunk_overlap)
+
+    @property
+    def worker_id(self) -> str:
+        return self._s.worker_id
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and work jobs until ``stop`` is set; poll every ``poll_interval`` when idle.
+
+        When ``stop`` is set mid-job, the item in progress is finished and the job is left to
+        its lease. Cancel the task to abandon the item as well.
+        """
+        log.info("ingest worker %s started", self.worker_id)
+        while not stop.is_set():
+            try:
+                outcome = await self.run_once(stop)
+            except (CallFailed, LeaseLost) as exc:
+                log.warning("claiming a job failed: %s", exc)
+                outcome = None
+            if outcome is None or outcome is JobOutcome.ABANDONED:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._s.poll_interval)
+        log.info("ingest worker %s stopped", self.worker_id)
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> JobOutcome | None:
+        """Claim one job and work it; ``None`` when no job was waiting."""
+        response = await self._call(
+            "ClaimJob",
+            self._files.ClaimJob,
+            files_pb2.ClaimJobRequest(worker_id=self.worker_id, lease_seconds=self._s.lease_seconds),
+        )
+        if not response.found:
+            return None
+        return await self.process_job(response.job, stop or asyncio.Event())
+
+    async def process_job(self, job: files_pb2.Job, stop: asyncio.Event) -> JobOutcome:
+        """Work a claimed job while a heartbeat keeps its lease; stop at once if the lease is lost."""
+        log.info("working job %s of index %s (attempt %d)", job.id, job.index_id, job.attempts,
+                 extra={"job_id": job.id, "index_id": job.index_id})
+        lease_lost = asyncio.Event()
+        heartbeat = asyncio.create_task(self._heartbeat(job.id, lease_lost))
+        work = asyncio.create_task(self._work(job, stop))
+        lost = asyncio.create_task(lease_lost.wait())
+        try:
+            await asyncio.wait({work, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (heartbeat, lost, work):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(heartbeat, lost, work, return_exceptions=True)
+        if work.cancelled():
+            log.warning("lease on job %s lost; stopped working it", job.id, extra={"job_id": job.id})
+            return JobOutcome.LEASE_LOST
+        outcome = work.result()
+        log.info("job %s: %s", job.id, outcome.value, extra={"job_id": job.id})
+        return outcome
+
+    async def _heartbeat(self, job_id: str, lease_lost: asyncio.Event) -> None:
+        request = files_pb2.RenewLeaseRequest(
+            job_id=job_id, worker_id=self.worker_id, lease_seconds=self._s.lease_seconds
+        )
+        while True:
+            await asyncio.sleep(self._s.lease_seconds / 3)
+            try:
+                await self._call("RenewLease", self._files.RenewLease, request, lease=True)
+            except LeaseLost:
+                lease_lost.set()
+                return
+            except CallFailed as exc:
+                # Keep trying: files answers FAILED_PRECONDITION once the lease has really expired.
+                log.warning("renewing the lease on job %s failed: %s", job_id, exc)
+
+    async def _work(self, job: files_pb2.Job, stop: asyncio.Event) -> JobOutcome:
+        try:
+            listed = await self._call(
+                "ListJobItems", self._files.ListJobItems, files_pb2.ListJobItemsRequest(job_id=job.id),
+                lease=True,
+            )
+            for item in listed.items:
+                if item.status == "done":
+                    continue
+                if stop.is_set():
+                    return JobOutcome.ABANDONED
+                await self._process_item(job, item)
+            await self._call(
+                "FinishJob",
+                self._files.FinishJob,
+                files_pb2.FinishJobRequest(job_id=job.id, worker_id=self.worker_id, status="succeeded"),
+                lease=True,
+            )
+            return JobOutcome.SUCCEEDED
+        except LeaseLost:
+            return JobOutcome.LEASE_LOST
+        except CallFailed as exc:
+            if exc.transient:
+                log.warning("job %s left to its lease after %s", job.id, exc, extra={"job_id": job.id})
+                return JobOutcome.ABANDONED
+            return await self._fail(job, str(exc))
+        except Exception as exc:
+            log.exception("job %s failed", job.id, extra={"job_id": job.id})
+            return await self._fail(job, f"internal error: {type(exc).__name__}")
+
+    async def _fail(self, job: files_pb2.Job, error: str) -> JobOutcome:
+        try:
+            await self._call(
+                "FinishJob",
+                self._files.FinishJob,
+                files_pb2.FinishJobRequest(
+                    job_id=job.id, worker_id=self.worker_id, status="failed", error=error
+                ),
+                lease=True,
+            )
+        except LeaseLost:
+            return JobOutcome.LEASE_LOST
+        except CallFailed as exc:
+            log.warning("could not mark job %s failed: %s", job.id, exc, extra={"job_id": job.id})
+            return JobOutcome.ABANDONED
+        log.error("job %s failed: %s", job.id, error, extra={"job_id": job.id})
+        return JobOutcome.FAILED
+
+    async def _process_item(self, job: files_pb2.Job, item: files_pb2.JobItem) -> None:
+        if item.action == "upsert":
+            await self._upsert(job, item)
+        elif item.action == "delete":
+            if item.parsed_file_id:
+                await self._delete_from_engines(job.index_id, item.parsed_file_id)
+            await self._complete(job, item)
+        else:
+            await self._complete(job, item, error=f"unknown job item action {item.action!r}")
+
+    async def _upsert(self, job: files_pb2.Job, item: files_pb2.JobItem) -> None:
+        try:
+            source = await self._call(
+                "GetSourceFile",
+                self._files.GetSourceFile,
+                files_pb2.GetSourceFileRequest(source_file_id=item.source_file_id),
+                lease=True,
+            )
+        except CallFailed as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            await self._complete(job, item, error="source file not found")
+            return
+        meta = source.file
+        try:
+            document = await asyncio.to_thread(parse, source.content, meta.display_name, meta.content_type)
+        except ParseError as exc:
+            log.info("cannot parse %s: %s", meta.display_name, exc, extra={"job_id": job.id})
+            await self._complete(job, item, error=f"parse error: {exc}")
+            return
+        prepared = await self._call(
+            "PrepareParsedFile",
+            self._files.PrepareParsedFile,
+            files_pb2.PrepareParsedFileRequest(index_id=job.index_id, source_file_id=item.source_file_id),
+            lease=True,
+        )
+        pieces = await asyncio.to_thread(
+            chunk_text, document.text, document.pages, self._chunking, self._tokenizer
+        )
+        chunks = build_chunks(
+            pieces,
+            index_id=job.index_id,
+            parsed_file_id=prepared.parsed_file_id,
+            version=prepared.version,
+            file_name=meta.display_name,
+            metadata=chunk_metadata(meta.metadata_json),
+        )
+        await self._delete_from_engines(job.index_id, prepared.parsed_file_id)
+        for batch in _batched(chunks, self._s.batch_size):
+            messages = [chunk_to_pb(c) for c in batch]
+            await self._both(
+                self._call(
+                    "dense Upsert",
+                    self._dense.Upsert,
+                    dense_pb2.UpsertRequest(index_id=job.index_id, chunks=messages),
+                    deadline=self._s.upsert_timeout,
+                ),
+                self._call(
+                    "sparse Upsert",
+                    self._sparse.Upsert,
+                    sparse_pb2.UpsertRequest(index_id=job.index_id, chunks=messages),
+                    deadline=self._s.upsert_timeout,
+                ),
+            )
+        await self._complete(job, item, document=document, chunk_count=len(chunks))
+        log.info("indexed %s as %s v%d: %d chunks", meta.display_name, prepared.parsed_file_id,
+                 prepared.version, len(chunks), extra={"job_id": job.id})
+
+    async def _delete_from_engines(self, index_id: str, parsed_file_id: str) -> None:
+        await self._both(
+            self._call(
+                "dense DeleteFile",
+                self._dense.DeleteFile,
+                dense_pb2.DeleteFileRequest(index_id=index_id, file_id=parsed_file_id),
+            ),
+            self._call(
+                "sparse DeleteFile",
+                self._sparse.DeleteFile,
+                sparse_pb2.DeleteFileRequest(index_id=index_id, file_id=parsed_file_id),
+            ),
+        )
+
+    async def _complete(
+        self,
+        job: files_pb2.Job,
+        item: files_pb2.JobItem,
+        *,
+        document: ParsedDocument | None = None,
+        chunk_count: int = 0,
+        error: str = "",
+    ) -> None:
+        request = files_pb2.CompleteJobItemRequest(
+            job_id=job.id, worker_id=self.worker_id, source_file_id=item.source_file_id,
+            chunk_count=chunk_count, error=error,
+        )
+        if document is not None:
+            request.text = document.text
+            request.pages.extend(
+                files_pb2.Page(number=p.number, start_char=p.start_char, end_char=p.end_char)
+                for p in document.pages
+            )
+        await self._call("CompleteJobItem", self._files.CompleteJobItem, request, lease=True)
+
+    @staticmethod
+    async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> None:
+        """Await two calls concurrently; if one fails the other is cancelled and the error raised."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_as_coroutine(first))
+                group.create_task(_as_coroutine(second))
+        except BaseExceptionGroup as group_error:
+            errors = list(group_error.exceptions)
+            raise next((e for e in errors if isinstance(e, LeaseLost)), errors[0]) from None
+
+    async def _call(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[_R]],
+        request: Any,
+        *,
+        deadline: float | None = None,
+        lease: bool = False,
+    ) -> _R:
+        """One call under a deadline, retried with backoff while the server is UNAVAILABLE.
+
+        ``lease``: the call acts on the claimed job, so FAILED_PRECONDITION means the lease is gone.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_unavailable),
+            stop=stop_after_attempt(self._s.retry_attempts),
+            wait=wait_exponential(multiplier=self._s.retry_initial_backoff, max=self._s.retry_max_backoff)
+            + wait_random(0, self._s.retry_initial_backoff),
+            before_sleep=lambda state: log.warning("%s unavailable (attempt %d); retrying", name,
+                                                   state.attempt_number),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await method(request, timeout=deadline or self._s.rpc_timeout)
+        except grpc.aio.AioRpcError as exc:
+            if lease and exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise LeaseLost(f"{name}: {exc.details()}") from exc
+            raise CallFailed(name, exc.code(), exc.details() or "") from exc
+        raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+
+async def _as_coroutine(awaitable: Awaitable[_R]) -> _R:
+    return await awaitable

@@ -1,0 +1,133 @@
+"""Parsing uploaded files into text (and pages) for the ingest worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.ingest.parsing import PAGE_SEPARATOR, Page, ParsedDocument, ParseError, parse
+from tests.fixtures.ingest.pdf_builder import build_pdf
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ingest"
+
+
+def page_texts(doc: ParsedDocument) -> list[str]:
+    return [doc.text[p.start_char : p.end_char] for p in doc.pages]
+
+
+def test_plain_text_is_decoded_as_utf8_with_newlines_normalised() -> None:
+    doc = parse((FIXTURES / "sample.txt").read_bytes(), "sample.txt")
+    assert doc.text == "Plain text line one.\nLine two with unicode: été — 日本.\n\nA second paragraph.\n"
+    assert doc.pages == ()
+
+
+def test_crlf_bom_and_nul_are_normalised() -> None:
+    doc = parse(b"\xef\xbb\xbfone\r\ntwo\rthree\x00!", "a.txt")
+    assert doc.text == "one\ntwo\nthree!"
+
+
+def test_invalid_utf8_is_replaced_not_rejected_for_text_files() -> None:
+    doc = parse(b"caf\xe9 ok", "notes.txt")
+    assert doc.text == "caf\ufffd ok"
+
+
+def test_utf16_with_bom_is_decoded() -> None:
+    doc = parse("héllo wörld".encode("utf-16"), "u16.txt")
+    assert doc.text == "héllo wörld"
+
+
+def test_markdown_is_kept_as_written() -> None:
+    raw = (FIXTURES / "sample.md").read_bytes()
+    doc = parse(raw, "sample.md")
+    assert doc.text == raw.decode("utf-8")
+    assert "**Markdown**" in doc.text and "```python" in doc.text
+
+
+def test_html_keeps_visible_text_with_block_structure() -> None:
+    doc = parse((FIXTURES / "sample.html").read_bytes(), "sample.html")
+    assert doc.text == (
+        "Quarry handbook\n\n"
+        "Hybrid search with reranking.\n\n"
+        "Café crème & naïve résumé\n\n"
+        "dense\nsparse\n\n"
+        "First line\nsecond line\n\n"
+        "engine role\ntantivy BM25"
+    )
+    for hidden in ("secret", "color", "track", "javascript"):
+        assert hidden not in doc.text
+
+
+def test_html_title_is_kept_when_the_body_does_not_repeat_it() -> None:
+    doc = parse(b"<html><head><title>The Title</title></head><body><p>Body text</p></body></html>", "t.htm")
+    assert doc.text == "The Title\n\nBody text"
+
+
+def test_html_preformatted_text_keeps_its_spacing() -> None:
+    doc = parse(b"<p>intro</p><pre>def f():\n    return  1\n</pre><p>after</p>", "code.html")
+    assert doc.text == "intro\n\ndef f():\n    return  1\n\nafter"
+
+
+def test_html_is_detected_by_content_type_and_by_sniffing() -> None:
+    html = b"<!DOCTYPE html><html><body><p>a</p><p>b</p></body></html>"
+    assert parse(html, "page", "text/html; charset=utf-8").text == "a\n\nb"
+    assert parse(html, "download").text == "a\n\nb"
+
+
+def test_pdf_pages_are_joined_with_their_ranges_recorded() -> None:
+    pdf = build_pdf([
+        ["Quarry parses PDF files.", "Page one, second line."],
+        ["Page two (with parentheses)."],
+        ["Third page: the end."],
+    ])
+    doc = parse(pdf, "report.pdf")
+    assert page_texts(doc) == [
+        "Quarry parses PDF files.\nPage one, second line.",
+        "Page two (with parentheses).",
+        "Third page: the end.",
+    ]
+    assert [p.number for p in doc.pages] == [1, 2, 3]
+    assert doc.text == PAGE_SEPARATOR.join(page_texts(doc))
+    assert doc.pages[0] == Page(1, 0, len(page_texts(doc)[0]))
+    for before, after in zip(doc.pages, doc.pages[1:], strict=False):
+        assert doc.text[before.end_char : after.start_char] == PAGE_SEPARATOR
+
+
+def test_pdf_page_without_text_layer_keeps_its_place() -> None:
+    doc = parse(build_pdf([["first"], None, ["third"]]), "mixed.pdf")
+    assert page_texts(doc) == ["first", "", "third"]
+    assert doc.text == "first\n\n\n\nthird"
+
+
+def test_pdf_without_any_text_gives_empty_text_not_an_error() -> None:
+    doc = parse(build_pdf([None, None]), "scan.pdf")
+    assert doc.text == ""
+    assert [p.number for p in doc.pages] == [1, 2]
+
+
+def test_pdf_is_detected_by_magic_bytes_without_a_name() -> None:
+    doc = parse(build_pdf([["sniffed"]]), "", "application/octet-stream")
+    assert doc.text == "sniffed"
+
+
+def test_corrupt_pdf_is_a_parse_error() -> None:
+    with pytest.raises(ParseError, match="PDF"):
+        parse(b"%PDF-1.4\nthis is not really a pdf", "broken.pdf")
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "content_type"),
+    [
+        (b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(range(256)), "deck.pptx", ""),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64), "image.png", ""),
+        (bytes(range(256)) * 8, "blob", "application/octet-stream"),
+        (b"\x00\x01\x02binary\x00" * 50, "", ""),
+    ],
+)
+def test_unsupported_binary_is_a_clear_parse_error(content: bytes, name: str, content_type: str) -> None:
+    with pytest.raises(ParseError, match="unsupported"):
+        parse(content, name, content_type)
+
+
+def test_unknown_extension_that_is_text_is_parsed_as_text() -> None:
+    assert parse("émoji 😀 ok\n".encode(), "README").text == "émoji 😀 ok\n"
