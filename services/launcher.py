@@ -124,17 +124,7 @@ class Stack:
                 self._wait_port(proc, run_dir, deadline)
             for proc in procs:
                 self._wait_serving(proc, deadline)
-            ingest_port = run_dir / "ingest.port"
-            ingest_port.unlink(missing_ok=True)
-            ingest = self._spawn("ingest", "services.ingest", {
-                "QUARRY_INGEST_HOST": "127.0.0.1",
-                "QUARRY_INGEST_PORT": "0",
-                "QUARRY_INGEST_PORT_FILE": str(ingest_port),
-                "QUARRY_INGEST_FILES_ADDR": self.addresses["files"],
-                "QUARRY_INGEST_DENSE_ADDR": self.addresses["dense"],
-                "QUARRY_INGEST_SPARSE_ADDR": self.addresses["sparse"],
-            })
-            self._wait_port(ingest, run_dir, deadline)
+            self.start_ingest(deadline - time.monotonic())
             self.ensure_api_key()
             if self.port == 0:
                 self.port = _free_port(self.host)
@@ -147,6 +137,22 @@ class Stack:
         except BaseException:
             self.stop()
             raise
+
+    def start_ingest(self, timeout: float = 60.0) -> Process:
+        """Start an ingest worker (at start-up, or another one later: workers share jobs by lease)."""
+        run_dir = self.data_dir / "run"
+        port_file = run_dir / "ingest.port"
+        port_file.unlink(missing_ok=True)
+        ingest = self._spawn("ingest", "services.ingest", {
+            "QUARRY_INGEST_HOST": "127.0.0.1",
+            "QUARRY_INGEST_PORT": "0",
+            "QUARRY_INGEST_PORT_FILE": str(port_file),
+            "QUARRY_INGEST_FILES_ADDR": self.addresses["files"],
+            "QUARRY_INGEST_DENSE_ADDR": self.addresses["dense"],
+            "QUARRY_INGEST_SPARSE_ADDR": self.addresses["sparse"],
+        })
+        self._wait_port(ingest, run_dir, time.monotonic() + timeout)
+        return ingest
 
     def _wait_gateway(self, proc: Process, deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -190,6 +196,13 @@ class Stack:
 
     def process(self, name: str) -> Process:
         return next(p for p in self.processes if p.name == name)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process (no chance to clean up) and forget it; used by failure tests."""
+        proc = self.process(name)
+        proc.popen.kill()
+        proc.popen.wait()
+        self.processes.remove(proc)
 
     def failed(self) -> list[str]:
         return [p.name for p in self.processes if p.popen.poll() is not None]

@@ -48,7 +48,7 @@ class RunningServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def _set(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
+    async def set_status(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for name in ["", *self._names]:
             await self._health.set(name, status)
 
@@ -62,7 +62,7 @@ class RunningServer:
                 ok = False
             if ok != serving:
                 serving = ok
-                await self._set(
+                await self.set_status(
                     health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
                 )
             await asyncio.sleep(interval)
@@ -98,6 +98,8 @@ async def start_server(
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
     running = RunningServer(server, port, health_servicer, names, ready)
+    # Known but NOT_SERVING until the first readiness probe passes (never NOT_FOUND).
+    await running.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     running.start_health_watch()
     if settings.port_file:
         tmp = Path(settings.port_file + ".tmp")
