@@ -10,8 +10,10 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
 from services._proto.quarry.files.v1 import files_pb2_grpc
@@ -20,7 +22,6 @@ from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.common.channels import channel
 from services.common.convert import filter_to_pb, hit_from_pb
 from services.common.domain import FilterNode, Hit
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 @dataclass
@@ -45,6 +46,18 @@ class LegResult:
     failed: bool = False
 
 
+_Req = TypeVar("_Req", dense_pb2.SearchRequest, sparse_pb2.SearchRequest)
+
+
+def _search_request(cls: type[_Req], index_id: str, query: str, top_k: int, flt: FilterNode | None) -> _Req:
+    """Both legs' search requests have the same shape (index, query, top_k, filter)."""
+    request = cls(index_id=index_id, query=query, top_k=top_k)
+    if flt is not None:
+        request.filter.CopyFrom(filter_to_pb(flt))
+        request.has_filter = True
+    return request
+
+
 class Backends:
     """Channels and stubs for every service the gateway calls."""
 
@@ -59,10 +72,7 @@ class Backends:
     async def dense_search(
         self, index_id: str, query: str, top_k: int, flt: FilterNode | None, timeout: float
     ) -> LegResult:
-        request = dense_pb2.SearchRequest(index_id=index_id, query=query, top_k=top_k)
-        if flt is not None:
-            request.filter.CopyFrom(filter_to_pb(flt))
-            request.has_filter = True
+        request = _search_request(dense_pb2.SearchRequest, index_id, query, top_k, flt)
         start = time.perf_counter()
         response = await self.dense.Search(request, timeout=timeout)
         return LegResult([hit_from_pb(h) for h in response.hits], time.perf_counter() - start,
@@ -71,10 +81,7 @@ class Backends:
     async def sparse_search(
         self, index_id: str, query: str, top_k: int, flt: FilterNode | None, timeout: float
     ) -> LegResult:
-        request = sparse_pb2.SearchRequest(index_id=index_id, query=query, top_k=top_k)
-        if flt is not None:
-            request.filter.CopyFrom(filter_to_pb(flt))
-            request.has_filter = True
+        request = _search_request(sparse_pb2.SearchRequest, index_id, query, top_k, flt)
         start = time.perf_counter()
         response = await self.sparse.Search(request, timeout=timeout)
         return LegResult([hit_from_pb(h) for h in response.hits], time.perf_counter() - start)

@@ -63,7 +63,7 @@ class Stack:
         return env
 
     def _spawn(self, name: str, module: str, extra: Mapping[str, str]) -> Process:
-        out = open(self.log_file, "ab") if self.log_file else None  # noqa: SIM115 - lives with the child
+        out = open(self.log_file, "ab") if self.log_file else None
         popen = subprocess.Popen(
             [sys.executable, "-m", module],
             env=self._env(name, extra),

@@ -18,7 +18,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
         self._service = service
 
     @mapped
-    async def Score(  # noqa: N802 - the generated base class names it
+    async def Score(
         self, request: rerank_pb2.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> rerank_pb2.ScoreResponse:
         """One score per passage in request order, under the caller's deadline."""

@@ -63,7 +63,7 @@ async def test_index_lifecycle_over_grpc(stub: files_pb2_grpc.FilesStub) -> None
             project_id=project.id,
             directory_id=directory.id,
             display_name="guide.md",
-            content="Quarry guide: grep me. Grep me twice.".encode(),
+            content=b"Quarry guide: grep me. Grep me twice.",
             content_type="text/markdown",
             metadata_json='{"team": "search"}',
         ),

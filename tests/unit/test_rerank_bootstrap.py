@@ -9,7 +9,6 @@ from pydantic import ValidationError
 
 from services.rerank.adapters.http import HttpReranker
 from services.rerank.adapters.late_interaction import LateInteractionReranker
-from services.rerank.adapters.onnx_cross_encoder import OnnxCrossEncoderReranker
 from services.rerank.bootstrap import bootstrap, build_reranker
 from services.rerank.errors import TooManyPassages
 from services.rerank.settings import RerankSettings
