@@ -14,6 +14,7 @@ import pytest
 from llama_cloud import LlamaCloud
 
 from services.launcher import Stack
+from tests.fixtures.ingest.pdf_builder import build_pdf
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +55,13 @@ DOCS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+REPORT_PDF = build_pdf([
+    ["Glacier survey report.", "Page one covers the expedition and its route."],
+    ["Page two: the glacier retreated forty metres since the last survey.", "Meltwater lakes doubled."],
+    ["Page three lists the equipment: ice axes, crampons and a GPS receiver."],
+])
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("quarry-e2e")
@@ -91,8 +99,12 @@ def index(client: LlamaCloud) -> Any:
         client.beta.directories.files.upload(
             directory.id, upload_file=(name, io.BytesIO(text.encode())), metadata=json.dumps(meta)
         )
+    client.beta.directories.files.upload(
+        directory.id, upload_file=("glacier-report.pdf", io.BytesIO(REPORT_PDF), "application/pdf"),
+        metadata=json.dumps({"year": 2019, "author": "Ola", "topic": "survey", "draft": False}),
+    )
     listed = list(client.beta.directories.files.list(directory.id))
-    assert sorted(f.display_name for f in listed) == sorted(DOCS)
+    assert sorted(f.display_name for f in listed) == sorted([*DOCS, "glacier-report.pdf"])
     created = client.indexes.create(source_directory_id=directory.id, name="e2e-index")
     client.indexes.sync(created.id)
     return wait_synced(client, created.id)
@@ -150,13 +162,14 @@ def test_a_zero_weight_skips_that_leg(client: LlamaCloud, index: Any) -> None:
 
 FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
     ({"author": {"operator": "eq", "value": "Ada"}}, {"solar.md", "rust.md"}),
-    ({"author": {"operator": "ne", "value": "Ada"}}, {"volcano.txt", "baking.html", "lighthouse-history.txt"}),
+    ({"author": {"operator": "ne", "value": "Ada"}},
+     {"volcano.txt", "baking.html", "lighthouse-history.txt", "glacier-report.pdf"}),
     ({"year": {"operator": "gt", "value": 2022}}, {"baking.html", "rust.md"}),
     ({"year": {"operator": "gte", "value": 2022}}, {"volcano.txt", "baking.html", "rust.md"}),
-    ({"year": {"operator": "lt", "value": 2021}}, {"lighthouse-history.txt"}),
-    ({"year": {"operator": "lte", "value": 2021}}, {"lighthouse-history.txt", "solar.md"}),
+    ({"year": {"operator": "lt", "value": 2021}}, {"lighthouse-history.txt", "glacier-report.pdf"}),
+    ({"year": {"operator": "lte", "value": 2021}}, {"lighthouse-history.txt", "solar.md", "glacier-report.pdf"}),
     ({"topic": {"operator": "in", "value": ["food", "geology"]}}, {"baking.html", "volcano.txt"}),
-    ({"topic": {"operator": "nin", "value": ["food", "geology", "history"]}}, {"solar.md", "rust.md"}),
+    ({"topic": {"operator": "nin", "value": ["food", "geology", "history", "survey"]}}, {"solar.md", "rust.md"}),
     ({"draft": {"operator": "eq", "value": True}}, {"volcano.txt", "lighthouse-history.txt"}),
     ({"year": [{"operator": "gte", "value": 2021}, {"operator": "lt", "value": 2023}]}, {"solar.md", "volcano.txt"}),
     ({"author": {"operator": "eq", "value": "Ada"}, "year": {"operator": "gt", "value": 2022}, "other": None},
@@ -196,9 +209,9 @@ def test_find_by_exact_name_and_substring_with_pagination(client: LlamaCloud, in
     exact = list(client.retrieval.find(index_id=index.id, file_name="rust.md"))
     assert [f.file_name for f in exact] == ["rust.md"]
     sub = [f.file_name for f in client.retrieval.find(index_id=index.id, file_name_contains="O")]
-    assert sorted(sub) == ["lighthouse-history.txt", "solar.md", "volcano.txt"]
+    assert sorted(sub) == ["glacier-report.pdf", "lighthouse-history.txt", "solar.md", "volcano.txt"]
     paged = [f.file_name for f in client.retrieval.find(index_id=index.id, page_size=2)]
-    assert sorted(paged) == sorted(DOCS)
+    assert sorted(paged) == sorted([*DOCS, "glacier-report.pdf"])
     first = client.retrieval.find(index_id=index.id, page_size=2)
     assert len(first.items) == 2 and first.next_page_token
 
@@ -214,6 +227,19 @@ def test_grep_offsets_and_context(client: LlamaCloud, index: Any, file_ids: dict
         assert text[m.start_char:m.end_char].startswith("Aurora ")
         assert m.content == text[max(0, m.start_char - 10): m.end_char + 10]
     assert [m.start_char for m in matches] == sorted(m.start_char for m in matches)
+
+
+def test_pdf_results_carry_their_pages(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    out = client.retrieval.retrieve(index_id=index.id, query="how far did the glacier retreat", top_k=1)
+    top = out.results[0]
+    assert top.static_fields.parsed_directory_file_id == file_ids["glacier-report.pdf"]
+    assert "forty metres" in top.content
+    sf = top.static_fields
+    assert (sf.page_range_start, sf.page_range_end) == (1, 3)  # one chunk spans the three short pages
+    text = client.retrieval.read(index_id=index.id, file_id=sf.parsed_directory_file_id).content
+    assert text.index("forty metres") > text.index("expedition")
+    volcano = client.retrieval.retrieve(index_id=index.id, query="volcano", top_k=1).results[0]
+    assert volcano.static_fields.page_range_start is None  # text files have no pages
 
 
 def test_read_with_offset_and_length(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
