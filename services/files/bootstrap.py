@@ -40,5 +40,7 @@ async def bootstrap(settings: FilesSettings, *, clock: Clock = utcnow) -> Files:
     except BaseException:
         await catalog.close()
         raise
-    service = FilesService(catalog, default_lease_seconds=settings.default_lease_seconds)
+    service = FilesService(
+        catalog, default_lease_seconds=settings.default_lease_seconds, max_job_attempts=settings.max_job_attempts
+    )
     return Files(service=service, ready=catalog.ready, close=catalog.close)

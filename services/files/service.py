@@ -81,7 +81,10 @@ def read_text(text: str, offset: int, max_length: int | None) -> d.ReadResult:
 class FilesService:
     """Use cases over a ``Catalog``."""
 
-    def __init__(self, catalog: Catalog, *, default_lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self, catalog: Catalog, *, default_lease_seconds: float = DEFAULT_LEASE_SECONDS, max_job_attempts: int = 5
+    ) -> None:
+        self._max_attempts = max_job_attempts
         self.catalog = catalog
         self._default_lease = default_lease_seconds
 
@@ -212,7 +215,7 @@ class FilesService:
     async def claim_job(self, worker_id: str, lease_seconds: float) -> d.Job | None:
         if not worker_id:
             raise InvalidArgument("worker_id is required")
-        return await self.catalog.claim_job(worker_id, self._lease(lease_seconds))
+        return await self.catalog.claim_job(worker_id, self._lease(lease_seconds), self._max_attempts)
 
     async def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> d.Job:
         return await self.catalog.renew_lease(job_id, worker_id, self._lease(lease_seconds))

@@ -31,6 +31,8 @@ class FilesSettings(ServiceSettings):
     sqlite_busy_timeout_s: float = Field(default=30.0, gt=0)
     # Used when a ClaimJob/RenewLease request leaves lease_seconds at 0.
     default_lease_seconds: float = Field(default=60.0, gt=0)
+    # A job whose lease expired this many times (its worker died or hung each time) is failed.
+    max_job_attempts: int = Field(default=5, ge=1)
 
     @field_validator("database_url")
     @classmethod

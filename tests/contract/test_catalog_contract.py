@@ -336,6 +336,23 @@ async def test_lease_expiry_and_reclaim(svc: FilesService, clock: FakeClock) -> 
         await svc.renew_lease("missing", "B", 10)
 
 
+async def test_a_job_whose_leases_keep_expiring_is_failed(catalog: SqlCatalog, clock: FakeClock) -> None:
+    svc = FilesService(catalog, max_job_attempts=2)
+    pid, did = await _project_with_dir(svc)
+    await svc.upload_file(pid, did, display_name="a.txt", content=b"alpha")
+    ix = await svc.create_index(pid, name="ix", description="", source_directory_id=did)
+    job = await svc.start_sync(pid, ix.id)
+    generation = (await svc.get_index(pid, ix.id)).generation
+    assert (await svc.claim_job("A", 10)) is not None
+    clock.advance(11)
+    assert (await svc.claim_job("B", 10)) is not None  # second attempt
+    clock.advance(11)
+    assert await svc.claim_job("C", 10) is None  # a third is refused: the job is failed instead
+    failed = await svc.get_job(job.id)
+    assert failed.status == "failed" and "2 attempts" in failed.error
+    assert (await svc.get_index(pid, ix.id)).generation == generation + 1
+
+
 async def test_complete_job_item_is_idempotent(svc: FilesService) -> None:
     pid, did = await _project_with_dir(svc)
     a = await svc.upload_file(pid, did, display_name="a.txt", content=b"alpha")

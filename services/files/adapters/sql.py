@@ -891,8 +891,12 @@ class SqlCatalog:
 
     # -- worker protocol
 
-    async def claim_job(self, worker_id: str, lease_seconds: float) -> d.Job | None:
-        """Take the oldest pending job, or a running one whose lease expired; None when idle."""
+    async def claim_job(self, worker_id: str, lease_seconds: float, max_attempts: int = 5) -> d.Job | None:
+        """Take the oldest pending job, or a running one whose lease expired; None when idle.
+
+        A job whose lease has already expired ``max_attempts`` times is failed (and its index
+        generation bumped) rather than handed to yet another worker.
+        """
         for _ in range(10):
             now = self._clock()
             claimable = or_(
@@ -901,7 +905,7 @@ class SqlCatalog:
             async with self._write() as conn:
                 row = (
                     await conn.execute(
-                        select(jobs.c.id, jobs.c.attempts)
+                        select(jobs.c.id, jobs.c.attempts, jobs.c.index_id)
                         .where(claimable)
                         .order_by(jobs.c.created_at, jobs.c.id)
                         .limit(1)
@@ -909,6 +913,20 @@ class SqlCatalog:
                 ).first()
                 if row is None:
                     return None
+                if row.attempts >= max_attempts:
+                    gave_up = await conn.execute(
+                        update(jobs)
+                        .where(jobs.c.id == row.id, jobs.c.attempts == row.attempts, claimable)
+                        .values(
+                            status="failed",
+                            error=f"abandoned after {row.attempts} attempts whose leases expired",
+                            finished_at=now,
+                            lease_until=None,
+                        )
+                    )
+                    if gave_up.rowcount == 1:
+                        await self._bump_generation(conn, row.index_id, now)
+                    continue
                 # The guard on attempts (bumped by every claim) and on the claimable state makes the
                 # UPDATE a compare-and-set: of two racing workers only one changes the row.
                 result = await conn.execute(
