@@ -43,7 +43,6 @@ class LegResult:
     hits: list[Hit]
     seconds: float
     embed_seconds: float = 0.0
-    failed: bool = False
 
 
 _Req = TypeVar("_Req", dense_pb2.SearchRequest, sparse_pb2.SearchRequest)

@@ -76,7 +76,7 @@ def fuse(
     total = dense_weight + sparse_weight
     if total <= 0:
         return []
-    combined: dict[str, list[float]] = {}
+    combined: dict[str, float] = {}
     chunks: dict[str, Chunk] = {}
     raw: dict[str, list[float | None]] = {}
     for leg, (hits, weight) in enumerate(((dense, dense_weight), (sparse, sparse_weight))):
@@ -85,11 +85,9 @@ def fuse(
         for hit, norm in zip(hits, normalise([h.score for h in hits]), strict=True):
             cid = hit.chunk.id
             chunks.setdefault(cid, hit.chunk)
-            combined.setdefault(cid, [0.0])[0] += weight * norm
+            combined[cid] = combined.get(cid, 0.0) + weight * norm
             raw.setdefault(cid, [None, None])[leg] = hit.score
     scale = total * (1.0 / (RRF_K + 1)) if method == "rrf" else total
-    fused = [
-        Fused(chunks[cid], value[0] / scale, raw[cid][0], raw[cid][1]) for cid, value in combined.items()
-    ]
+    fused = [Fused(chunks[cid], value / scale, raw[cid][0], raw[cid][1]) for cid, value in combined.items()]
     fused.sort(key=lambda f: (-f.score, f.chunk.id))
     return fused

@@ -13,8 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 V2Op = Literal["eq", "ne", "gt", "lt", "gte", "lte", "in", "nin"]
 Weight = Annotated[float, Field(ge=0.0, le=1.0)]
-MetaScalar = str | bool | float
-MetadataValue = str | int | float | bool | None | list[str] | list[int | float | str | bool]
 
 
 class _Request(BaseModel):
@@ -210,13 +208,6 @@ class Directory(_Response):
     type: str | None = None
     created_at: str | None = None
     updated_at: str | None = None
-
-
-class DirectoryFileAdd(_Request):
-    file_id: str = Field(min_length=1)
-    display_name: str | None = None
-    metadata: dict[str, MetadataValue] | None = None
-    unique_id: str | None = None
 
 
 class DirectoryFile(_Response):

@@ -60,44 +60,29 @@ def _degradable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() in _DEGRADABLE
 
 
-async def run_legs(backends: Backends, plan: Plan, budget: Budget) -> tuple[LegResult, LegResult, list[str]]:
-    """Dense and sparse concurrently; a leg with weight 0 is not called at all."""
+async def run_legs(backends: Backends, plan: Plan, budget: Budget) -> tuple[dict[str, LegResult], list[str]]:
+    """Dense and sparse concurrently (a leg with weight 0 is not called at all).
+
+    Returns the legs that answered, by name, and a note per leg degraded away.
+    """
     depth = max(plan.num_candidates, plan.top_k)
-    failed = LegResult([], 0.0, failed=True)
-    legs: dict[str, asyncio.Task[LegResult]] = {}
-    async with asyncio.TaskGroup() as group:
-        timeout = budget.remaining()
-        if plan.dense_weight > 0:
-            legs["dense"] = group.create_task(_guard(
-                backends.dense_search(plan.index_id, plan.query, depth, plan.filter, timeout)))
-        if plan.sparse_weight > 0:
-            legs["sparse"] = group.create_task(_guard(
-                backends.sparse_search(plan.index_id, plan.query, depth, plan.filter, timeout)))
-    outcomes = {name: task.result() for name, task in legs.items()}
-    failures = {n: r for n, r in outcomes.items() if isinstance(r, BaseException)}
-    if failures and len(failures) == len(outcomes):
-        raise next(iter(failures.values()))
+    timeout = budget.remaining()
+    calls = {}
+    if plan.dense_weight > 0:
+        calls["dense"] = backends.dense_search(plan.index_id, plan.query, depth, plan.filter, timeout)
+    if plan.sparse_weight > 0:
+        calls["sparse"] = backends.sparse_search(plan.index_id, plan.query, depth, plan.filter, timeout)
+    outcomes = dict(zip(calls, await asyncio.gather(*calls.values(), return_exceptions=True), strict=True))
+    answered = {name: r for name, r in outcomes.items() if isinstance(r, LegResult)}
     degraded = []
-    for name, exc in failures.items():
-        if not _degradable(exc):
-            raise exc
-        other = "sparse" if name == "dense" else "dense"
-        degraded.append(f"{name} leg failed ({_describe(exc)}); {other}-only results")
+    for name, exc in outcomes.items():
+        if name in answered:
+            continue
+        if not answered or not _degradable(exc):
+            raise exc  # type: ignore[misc]
+        degraded.append(f"{name} leg failed ({_describe(exc)}); {next(iter(answered))}-only results")
         log.warning("%s leg degraded: %s", name, _describe(exc))
-    dense = outcomes.get("dense")
-    sparse = outcomes.get("sparse")
-    return (
-        dense if isinstance(dense, LegResult) else failed,
-        sparse if isinstance(sparse, LegResult) else failed,
-        degraded,
-    )
-
-
-async def _guard(coro: object) -> LegResult | BaseException:
-    try:
-        return await coro  # type: ignore[no-any-return, misc]
-    except Exception as exc:  # collected and judged by the degradation policy
-        return exc
+    return answered, degraded
 
 
 def _describe(exc: BaseException) -> str:
@@ -108,15 +93,17 @@ def _describe(exc: BaseException) -> str:
 
 async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
     started = time.perf_counter()
-    dense, sparse, degraded = await run_legs(backends, plan, budget)
+    legs, degraded = await run_legs(backends, plan, budget)
+    empty = LegResult([], 0.0)
+    dense, sparse = legs.get("dense", empty), legs.get("sparse", empty)
     latency = {"dense": dense.seconds, "dense_embed": dense.embed_seconds, "sparse": sparse.seconds}
     t0 = time.perf_counter()
-    # A failed leg gets weight 0, so the surviving leg's scores keep their full [0, 1] range.
+    # Only the legs that answered are weighted, so a lone surviving leg keeps its full [0, 1] range.
     fused = fuse(
         dense.hits,
         sparse.hits,
-        dense_weight=0.0 if dense.failed else plan.dense_weight,
-        sparse_weight=0.0 if sparse.failed else plan.sparse_weight,
+        dense_weight=plan.dense_weight if "dense" in legs else 0.0,
+        sparse_weight=plan.sparse_weight if "sparse" in legs else 0.0,
         method=plan.fusion,
     )
     if plan.score_threshold is not None:

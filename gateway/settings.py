@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class RetrievalDefaults(BaseSettings):
+class RetrievalDefaults(BaseModel):
     """Server-side defaults; they apply whenever a client omits a field (the legacy
     retriever never sends falsy values, so these are what it gets)."""
 
@@ -44,4 +44,4 @@ class GatewaySettings(BaseSettings):
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
-    defaults: RetrievalDefaults = RetrievalDefaults()
+    defaults: RetrievalDefaults = Field(default_factory=RetrievalDefaults)

@@ -150,10 +150,10 @@ def up(
         console.print(f"API key: [bold]{key}[/]  (stored in {data_dir / 'api_key'})")
     try:
         client = Client(stack.base_url, key)
-        if sample and client.index_by_name(SAMPLE_INDEX) is None:
-            console.print(f"ingesting the sample corpus into index '{SAMPLE_INDEX}'")
-            client.ingest(_files(SAMPLE_DIR), SAMPLE_INDEX)
         index = client.index_by_name(SAMPLE_INDEX)
+        if sample and index is None:
+            console.print(f"ingesting the sample corpus into index '{SAMPLE_INDEX}'")
+            index = client.ingest(_files(SAMPLE_DIR), SAMPLE_INDEX)
         if index is not None:
             question = "how does hybrid search combine dense and sparse results?"
             console.print(f"sample query: [italic]{question}[/]")

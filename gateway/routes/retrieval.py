@@ -55,15 +55,10 @@ def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
     )
 
 
-def _page_range(start: int, end: int) -> tuple[int | None, int | None]:
-    return (start or None, end or None)
-
-
 def shape(outcome: Outcome) -> models.RetrieveResponse:
     results = []
     for r in outcome.results:
         c = r.fused.chunk
-        page_start, page_end = _page_range(c.page_start, c.page_end)
         results.append(
             models.RetrievedChunk(
                 content=c.content,
@@ -76,8 +71,9 @@ def shape(outcome: Outcome) -> models.RetrieveResponse:
                     chunk_start_char=c.start_char,
                     chunk_end_char=c.end_char,
                     chunk_token_count=c.token_count,
-                    page_range_start=page_start,
-                    page_range_end=page_end,
+                    # 0 means "no pages" (non-PDF files)
+                    page_range_start=c.page_start or None,
+                    page_range_end=c.page_end or None,
                 ),
                 dense_score=r.fused.dense_score,
                 sparse_score=r.fused.sparse_score,
@@ -119,22 +115,28 @@ async def retrieve_route(body: models.RetrieveRequest, request: Request, project
     return JSONResponse(payload)
 
 
-@router.post("/files/find", response_model=models.FindResponse)
-async def find_files(body: models.FindRequest, request: Request, project: Project) -> models.FindResponse:
-    """Find an index's files by exact name or case-insensitive substring (cursor page)."""
+async def _find(
+    request: Request, project: files_pb2.Project, index_id: str, name: str | None, contains: str | None,
+    page_size: int | None, page_token: str | None,
+) -> tuple[list[models.FoundFile], files_pb2.FindFilesResponse]:
     settings: GatewaySettings = request.app.state.settings
-    response = await request.app.state.backends.files.FindFiles(
+    response: files_pb2.FindFilesResponse = await request.app.state.backends.files.FindFiles(
         files_pb2.FindFilesRequest(
-            project_id=project.id, index_id=body.index_id, file_name=body.file_name or "",
-            file_name_contains=body.file_name_contains or "", page_size=body.page_size or 0,
-            page_token=body.page_token or "",
+            project_id=project.id, index_id=index_id, file_name=name or "", file_name_contains=contains or "",
+            page_size=page_size or 0, page_token=page_token or "",
         ),
         timeout=settings.catalog_timeout_seconds,
     )
+    return [models.FoundFile(file_id=f.file_id, file_name=f.file_name) for f in response.items], response
+
+
+@router.post("/files/find", response_model=models.FindResponse)
+async def find_files(body: models.FindRequest, request: Request, project: Project) -> models.FindResponse:
+    """Find an index's files by exact name or case-insensitive substring (cursor page)."""
+    items, response = await _find(request, project, body.index_id, body.file_name, body.file_name_contains,
+                                  body.page_size, body.page_token)
     return models.FindResponse(
-        items=[models.FoundFile(file_id=f.file_id, file_name=f.file_name) for f in response.items],
-        next_page_token=response.next_page_token or None,
-        total_size=response.total_size,
+        items=items, next_page_token=response.next_page_token or None, total_size=response.total_size
     )
 
 
@@ -143,17 +145,9 @@ async def search_files(
     body: models.SearchFilesRequest, request: Request, project: Project
 ) -> models.SearchFilesResponse:
     """The seed reference's name search: ``{"files": [...]}``, up to ``limit``."""
-    settings: GatewaySettings = request.app.state.settings
-    response = await request.app.state.backends.files.FindFiles(
-        files_pb2.FindFilesRequest(
-            project_id=project.id, index_id=body.index_id, file_name=body.file_name or "",
-            file_name_contains=body.file_name_contains or "", page_size=body.limit or 0,
-        ),
-        timeout=settings.catalog_timeout_seconds,
-    )
-    return models.SearchFilesResponse(
-        files=[models.FoundFile(file_id=f.file_id, file_name=f.file_name) for f in response.items]
-    )
+    items, _ = await _find(request, project, body.index_id, body.file_name, body.file_name_contains, body.limit,
+                           None)
+    return models.SearchFilesResponse(files=items)
 
 
 @router.post("/files/grep", response_model=models.GrepResponse)

@@ -158,8 +158,11 @@ def test_a_zero_weight_skips_that_leg(client: LlamaCloud, index: Any) -> None:
                                     full_text_pipeline_weight=1.0, rerank={"enabled": False})
     assert out.results
     assert all((r.model_extra or {}).get("dense_score") is None for r in out.results)
+    assert (out.model_extra or {})["latency"]["dense"] == 0.0  # the dense service was never called
+    assert (out.model_extra or {})["latency"]["sparse"] > 0.0
 
 
+EVERY_DOC_WORDS = "photovoltaic volcanoes sourdough rust lighthouse glacier kettle"
 FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
     ({"author": {"operator": "eq", "value": "Ada"}}, {"solar.md", "rust.md"}),
     ({"author": {"operator": "ne", "value": "Ada"}},
@@ -180,9 +183,13 @@ FILTER_CASES: list[tuple[dict[str, Any], set[str]]] = [
 @pytest.mark.parametrize(("custom_filters", "expected"), FILTER_CASES, ids=[str(c[0]) for c in FILTER_CASES])
 def test_every_filter_operator(client: LlamaCloud, index: Any, file_ids: dict[str, str],
                                custom_filters: dict[str, Any], expected: set[str]) -> None:
-    out = client.retrieval.retrieve(index_id=index.id, query="the", top_k=100, custom_filters=custom_filters,
-                                    rerank={"enabled": False})
-    assert set(names(out.results, file_ids)) == expected
+    # Each leg alone must apply the filter in its engine: dense sees every chunk (top_k covers the
+    # corpus); the sparse query names a word of every document.
+    for query, dense_weight in (("the", 1.0), (EVERY_DOC_WORDS, 0.0)):
+        out = client.retrieval.retrieve(index_id=index.id, query=query, top_k=100, custom_filters=custom_filters,
+                                        vector_pipeline_weight=dense_weight,
+                                        full_text_pipeline_weight=1.0 - dense_weight, rerank={"enabled": False})
+        assert set(names(out.results, file_ids)) == expected, query
 
 
 def test_file_filter(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
@@ -240,6 +247,22 @@ def test_pdf_results_carry_their_pages(client: LlamaCloud, index: Any, file_ids:
     assert text.index("forty metres") > text.index("expedition")
     volcano = client.retrieval.retrieve(index_id=index.id, query="volcano", top_k=1).results[0]
     assert volcano.static_fields.page_range_start is None  # text files have no pages
+
+
+def test_seed_reference_shapes_are_served_too(stack: Stack, index: Any, file_ids: dict[str, str]) -> None:
+    """``/files/search`` with ``limit`` -> ``{"files"}``; grep with ``limit`` answers ``matches`` and ``items``."""
+    import httpx
+
+    http = httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    found = http.post("/api/v1/retrieval/files/search",
+                      json={"index_id": index.id, "file_name_contains": "o", "limit": 2}).json()
+    assert len(found["files"]) == 2
+    assert all("o" in f["file_name"].lower() and file_ids[f["file_name"]] == f["file_id"] for f in found["files"])
+    grep = http.post("/api/v1/retrieval/files/grep", json={
+        "index_id": index.id, "file_id": file_ids["lighthouse-history.txt"], "pattern": "Aurora", "limit": 3,
+    }).json()
+    assert len(grep["matches"]) == 3 and grep["matches"] == grep["items"]
+    assert grep["total_size"] == 12 and grep["next_page_token"]
 
 
 def test_read_with_offset_and_length(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
