@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -377,12 +377,12 @@ class IngestWorker:
         await self._call("CompleteJobItem", self._files.CompleteJobItem, request, lease=True)
 
     @staticmethod
-    async def _both(first: Awaitable[Any], second: Awaitable[Any]) -> None:
+    async def _both(first: Coroutine[Any, Any, Any], second: Coroutine[Any, Any, Any]) -> None:
         """Await two calls concurrently; if one fails the other is cancelled and the error raised."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(_as_coroutine(first))
-                group.create_task(_as_coroutine(second))
+                group.create_task(first)
+                group.create_task(second)
         except BaseExceptionGroup as group_error:
             errors = list(group_error.exceptions)
             raise next((e for e in errors if isinstance(e, LeaseLost)), errors[0]) from None
@@ -418,7 +418,3 @@ class IngestWorker:
                 raise LeaseLost(f"{name}: {exc.details()}") from exc
             raise CallFailed(name, exc.code(), exc.details() or "") from exc
         raise AssertionError("unreachable: tenacity either returns or re-raises")
-
-
-async def _as_coroutine(awaitable: Awaitable[_R]) -> _R:
-    return await awaitable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -173,10 +174,25 @@ def test_long_text_is_tokenized_in_pieces_identically(monkeypatch: pytest.Monkey
     assert pieced == whole
 
 
-def test_iter_chunks_is_lazy() -> None:
+def test_iter_chunks_is_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
+    class CountingTokenizer:
+        """Counts the pieces the chunker asks to be tokenized."""
+
+        def __init__(self) -> None:
+            self.pieces = 0
+
+        def encode_batch(self, texts: list[str], **kwargs: Any) -> Any:
+            self.pieces += len(texts)
+            return chunking.piece_tokenizer().encode_batch(texts, **kwargs)
+
+    monkeypatch.setattr(chunking, "PIECE_CHARS", 300)
+    monkeypatch.setattr(chunking, "PIECES_PER_BATCH", 1)
     text = make_text(400)
-    first = next(iter_chunks(text))
+    tok = CountingTokenizer()
+    first = next(iter_chunks(text, tokenizer=tok))  # type: ignore[arg-type]
     assert first.chunk_index == 0 and first.start_char == 0
+    # The first chunk (200 tokens) needs a few 300-character pieces, not the whole text's.
+    assert 0 < tok.pieces < 10 < len(text) // 300
 
 
 @pytest.mark.parametrize(("size", "overlap"), [(4, 0), (100, 50), (100, -1)])

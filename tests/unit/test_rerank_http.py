@@ -198,26 +198,24 @@ async def test_5xx_is_retried_then_succeeds(url: str, server: ServerThread) -> N
     assert server.calls["flaky"] == 3
 
 
-async def test_persistent_5xx_is_unavailable(url: str, server: ServerThread) -> None:
-    before = server.calls["down"]
-    rr = HttpReranker(f"{url}/down/rerank", retries=2)
+@pytest.mark.parametrize(
+    ("path", "error", "match", "attempts"),
+    [
+        ("down", BackendUnavailable, "500", 3),  # 5xx: retried (retries=2), then unavailable
+        ("rejecting", BackendRejected, "422.*too long", 1),  # 4xx: not retried
+    ],
+)
+async def test_error_answers_are_retried_only_when_5xx(
+    url: str, server: ServerThread, path: str, error: type[Exception], match: str, attempts: int
+) -> None:
+    before = server.calls[path]
+    rr = HttpReranker(f"{url}/{path}/rerank", retries=2)
     try:
-        with pytest.raises(BackendUnavailable, match="500"):
+        with pytest.raises(error, match=match):
             await rr.score(QUERY, PASSAGES[:2])
     finally:
         await rr.close()
-    assert server.calls["down"] - before == 3
-
-
-async def test_4xx_is_not_retried(url: str, server: ServerThread) -> None:
-    before = server.calls["rejecting"]
-    rr = HttpReranker(f"{url}/rejecting/rerank", retries=2)
-    try:
-        with pytest.raises(BackendRejected, match="422.*too long"):
-            await rr.score(QUERY, PASSAGES[:2])
-    finally:
-        await rr.close()
-    assert server.calls["rejecting"] - before == 1
+    assert server.calls[path] - before == attempts
 
 
 @pytest.mark.parametrize("path", ["garbage", "partial"])

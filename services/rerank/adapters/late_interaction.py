@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
-from services.rerank.adapters._runner import ModelRunner, check_deadline
+from services.rerank.adapters._runner import LocalModelReranker, check_deadline
 
 Vectors = npt.NDArray[np.float16]
 
@@ -79,26 +79,23 @@ def maxsim(query: npt.NDArray[np.floating], passage: npt.NDArray[np.floating]) -
     """Mean over query tokens of the max cosine to any passage token (rows are unit vectors)."""
     if query.shape[0] == 0 or passage.shape[0] == 0:
         return 0.0
-    sims = query.astype(np.float32) @ passage.astype(np.float32).T
+    sims = np.asarray(query, np.float32) @ np.asarray(passage, np.float32).T
     return float(sims.max(axis=1).mean())
 
 
-class LateInteractionReranker:
+class LateInteractionReranker(LocalModelReranker):
     """MaxSim reranker over an encoder's token vectors; implements ``ports.Reranker``."""
 
     def __init__(
         self,
         encoder: EncoderModel,
         *,
-        batch_size: int = 32,
         cache_size: int = 4096,
         cache_mb: int = 256,
     ) -> None:
+        super().__init__("late-interaction")
         self._encoder = encoder
-        self._batch_size = batch_size
         self.cache = TokenVectorCache(cache_size, cache_mb * 1024 * 1024)
-        self._runner = ModelRunner("late-interaction")
-        self._ready = False
 
     @classmethod
     def load(
@@ -113,7 +110,7 @@ class LateInteractionReranker:
     ) -> LateInteractionReranker:
         """The packaged MiniLM (or ``model_dir``), passages truncated to ``max_tokens`` tokens."""
         encoder = load_encoder(model_dir, max_tokens=max_tokens, batch_size=batch_size, threads=threads)
-        return cls(encoder, batch_size=batch_size, cache_size=cache_size, cache_mb=cache_mb)
+        return cls(encoder, cache_size=cache_size, cache_mb=cache_mb)
 
     @property
     def model_name(self) -> str:
@@ -135,9 +132,10 @@ class LateInteractionReranker:
         # Character length is a cheap proxy for token count: similar lengths share a batch,
         # so little is spent on padding.
         todo = sorted(missing.items(), key=lambda item: len(item[1]))
-        for start in range(0, len(todo), self._batch_size):
+        size = self._encoder.batch_size
+        for start in range(0, len(todo), size):
             check_deadline(deadline)
-            batch = todo[start : start + self._batch_size]
+            batch = todo[start : start + size]
             vectors = self._encoder.token_vectors([text for _, text in batch])
             for (key, _), vecs in zip(batch, vectors, strict=True):
                 half = vecs.astype(np.float16)
@@ -148,22 +146,9 @@ class LateInteractionReranker:
     def _score(self, query: str, passages: Sequence[str], deadline: float | None) -> list[float]:
         query_vecs, *passage_vecs = self._vectors([query, *passages], deadline)
         check_deadline(deadline)
-        return [maxsim(query_vecs, p) for p in passage_vecs]
+        query32 = query_vecs.astype(np.float32)  # once, not once per passage
+        return [maxsim(query32, p) for p in passage_vecs]
 
-    async def score(
-        self, query: str, passages: Sequence[str], *, timeout: float | None = None
-    ) -> list[float]:
-        """One MaxSim score per passage, in order; ``TimeoutError`` after ``timeout`` seconds."""
-        if not passages:
-            return []
-        return await self._runner.run(lambda deadline: self._score(query, passages, deadline), timeout)
-
-    async def ready(self) -> bool:
-        """True once the encoder has answered a one-word input (probed until it does)."""
-        if not self._ready:
-            vectors = await self._runner.run(lambda _: self._encoder.token_vectors(["ready"]), None)
-            self._ready = len(vectors) == 1 and vectors[0].shape[0] > 0
-        return self._ready
-
-    async def close(self) -> None:
-        self._runner.close()
+    def _probe(self) -> bool:
+        vectors = self._encoder.token_vectors(["ready"])
+        return len(vectors) == 1 and vectors[0].shape[0] > 0

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding
 
-from services.rerank.adapters._runner import ModelRunner, check_deadline
+from services.common.models import load_tokenizer
+from services.rerank.adapters._runner import LocalModelReranker, check_deadline
 from services.rerank.errors import ModelNotFound, RerankError
 
 _HUB_FILES = ["model.onnx", "onnx/model.onnx", "tokenizer.json", "config.json"]
@@ -82,7 +83,7 @@ def sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
-class OnnxCrossEncoderReranker:
+class OnnxCrossEncoderReranker(LocalModelReranker):
     """Cross-encoder over (query, passage) pairs; implements ``ports.Reranker``."""
 
     def __init__(
@@ -106,18 +107,15 @@ class OnnxCrossEncoderReranker:
         if missing:
             raise ModelNotFound(f"{model_path} lacks the inputs {sorted(missing)}")
         self._output = self._session.get_outputs()[0].name
-        self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self._tokenizer.no_padding()
-        # longest_first (the transformers default for pairs) trims the longer of query/passage
-        # first, so a long query cannot make the pair fail.
-        self._tokenizer.enable_truncation(max_length=max_tokens, strategy="longest_first")
+        # Truncation is longest_first (the transformers default for pairs): it trims the longer
+        # of query/passage first, so a long query cannot make the pair fail.
+        self._tokenizer = load_tokenizer(tokenizer_path, max_tokens)
         self._name = name
         self.max_tokens = max_tokens
         self._batch_size = batch_size
         self._sigmoid = sigmoid
         self._lock = threading.Lock()
-        self._runner = ModelRunner("cross-encoder")
-        self._ready = False
+        super().__init__("cross-encoder")
 
     @classmethod
     def load(
@@ -159,7 +157,7 @@ class OnnxCrossEncoderReranker:
             mask[row, :n] = 1
             types[row, :n] = enc.type_ids
         given = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        feeds = {name: given[name].astype(dtype) for name, dtype in self._inputs.items() if name in given}
+        feeds = {name: given[name].astype(dtype, copy=False) for name, dtype in self._inputs.items() if name in given}
         with self._lock:
             (logits,) = self._session.run([self._output], feeds)
         return relevance(np.asarray(logits))
@@ -176,20 +174,6 @@ class OnnxCrossEncoderReranker:
             return [sigmoid(s) for s in scores.tolist()]
         return [float(s) for s in scores.tolist()]
 
-    async def score(
-        self, query: str, passages: Sequence[str], *, timeout: float | None = None
-    ) -> list[float]:
-        """One cross-encoder score per passage, in order; ``TimeoutError`` after ``timeout`` s."""
-        if not passages:
-            return []
-        return await self._runner.run(lambda deadline: self._score(query, passages, deadline), timeout)
-
-    async def ready(self) -> bool:
-        """True once the model has scored one pair (probed until it does)."""
-        if not self._ready:
-            scores = await self._runner.run(lambda d: self._score("ready", ["ready"], d), None)
-            self._ready = len(scores) == 1 and math.isfinite(scores[0])
-        return self._ready
-
-    async def close(self) -> None:
-        self._runner.close()
+    def _probe(self) -> bool:
+        scores = self._score("ready", ["ready"], None)
+        return len(scores) == 1 and math.isfinite(scores[0])
