@@ -18,9 +18,11 @@ class OnnxEmbedder:
     """
 
     def __init__(self, encoder: EncoderModel) -> None:
+        if not encoder.dim:
+            # ``pooled`` sizes its output by ``encoder.dim``, so a model whose hidden size is
+            # symbolic in the ONNX graph cannot be used (nor probed) through it.
+            raise ValueError(f"model {encoder.name!r} does not declare its hidden size")
         self._encoder = encoder
-        dim = encoder.dim or int(encoder.pooled(["dimension probe"]).shape[1])
-        self._dim = dim
 
     @classmethod
     def load(
@@ -40,10 +42,8 @@ class OnnxEmbedder:
 
     @property
     def dim(self) -> int:
-        return self._dim
+        return self._encoder.dim
 
     def embed(self, texts: Sequence[str], *, is_query: bool = False) -> npt.NDArray[np.float32]:
-        """One L2-normalised row per text, in order (batched by the encoder)."""
-        if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
-        return np.ascontiguousarray(self._encoder.pooled(list(texts)), dtype=np.float32)
+        """One L2-normalised float32 row per text, in order (batched by the encoder; none for none)."""
+        return self._encoder.pooled(texts)

@@ -41,7 +41,7 @@ class DenseService:
 
     async def embed(self, texts: Sequence[str], *, is_query: bool = False) -> npt.NDArray[np.float32]:
         """Vectors for ``texts``, computed off the event loop."""
-        return await asyncio.to_thread(self.embedder.embed, list(texts), is_query=is_query)
+        return await asyncio.to_thread(self.embedder.embed, texts, is_query=is_query)
 
     async def upsert(self, index_id: str, chunks: Sequence[Chunk]) -> int:
         """Embed the chunks' content in batches and write each batch; returns how many were written."""

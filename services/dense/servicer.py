@@ -25,7 +25,7 @@ class DenseSearchServicer(dense_pb2_grpc.DenseSearchServicer):
         vectors = await self._service.embed(list(request.texts), is_query=request.is_query)
         embedder = self._service.embedder
         return dense_pb2.EmbedResponse(
-            vectors=[dense_pb2.Vector(values=row.tolist()) for row in vectors],
+            vectors=[dense_pb2.Vector(values=row) for row in vectors.tolist()],
             model=embedder.model_name,
             dim=embedder.dim,
         )
@@ -78,7 +78,7 @@ class DenseSearchServicer(dense_pb2_grpc.DenseSearchServicer):
     async def Count(self, request: dense_pb2.CountRequest,
                     context: grpc.aio.ServicerContext) -> dense_pb2.CountResponse:
         """Chunks in an index, or in one file of it."""
-        n = await self._service.count(request.index_id, request.file_id or None)
+        n = await self._service.count(request.index_id, request.file_id)
         return dense_pb2.CountResponse(count=n)
 
 

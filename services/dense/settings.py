@@ -15,7 +15,7 @@ class DenseSettings(ServiceSettings):
     ``qdrant_url`` is set, in which case the Qdrant server adapter is used.
     """
 
-    model_config = SettingsConfigDict(env_prefix="QUARRY_DENSE_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="QUARRY_DENSE_")  # merged with the base config
 
     data_dir: str = Field(default="./data/dense", description="embedded Qdrant shards live here")
     qdrant_url: str | None = Field(default=None, description="a Qdrant server: use the server adapter")

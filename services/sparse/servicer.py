@@ -24,9 +24,12 @@ def _remaining(context: grpc.aio.ServicerContext) -> float | None:
 
 def _chunks(request: sparse_pb2.UpsertRequest) -> list[Chunk]:
     try:
-        return [chunk_from_pb(c) for c in request.chunks]
+        chunks = [chunk_from_pb(c) for c in request.chunks]
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"chunk metadata_json is not JSON: {exc.msg}") from exc
+    if any(not isinstance(c.metadata, dict) for c in chunks):
+        raise InvalidRequest("chunk metadata_json must be a JSON object")
+    return chunks
 
 
 def _filter(request: sparse_pb2.SearchRequest) -> FilterNode | None:
@@ -90,7 +93,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.CountResponse:
         """Chunks in an index, or of ``file_id`` when set."""
         count = await self._service.count(
-            request.index_id, request.file_id or None, remaining=_remaining(context)
+            request.index_id, request.file_id, remaining=_remaining(context)
         )
         return sparse_pb2.CountResponse(count=count)
 

@@ -16,7 +16,7 @@ class SparseSettings(ServiceSettings):
     start with a message saying so.
     """
 
-    model_config = SettingsConfigDict(env_prefix="QUARRY_SPARSE_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="QUARRY_SPARSE_")  # merged with the base config
 
     data_dir: str = Field(default="data/sparse", description="tantivy: one sub-directory per Quarry index")
     opensearch_url: str | None = Field(

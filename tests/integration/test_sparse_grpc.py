@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.quarry.common.v1 import common_pb2
 from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
+from services.common.channels import channel
 from services.common.convert import chunk_to_pb, filter_to_pb, hit_from_pb
 from services.common.domain import And, Condition, Op
 from services.common.grpc_server import RunningServer, start_server
@@ -31,14 +32,14 @@ async def stub(tmp_path: Path) -> AsyncIterator[sparse_pb2_grpc.SparseSearchStub
     running: RunningServer = await start_server(
         settings, register(SparseServicer(app.service)), [SERVICE_NAME], app.ready
     )
-    channel = grpc.aio.insecure_channel(running.address)
+    ch = channel(running.address)
     try:
-        yield sparse_pb2_grpc.SparseSearchStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
+        yield sparse_pb2_grpc.SparseSearchStub(ch)
+        health = health_pb2_grpc.HealthStub(ch)
         reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
-        await channel.close()
+        await ch.close()
         await running.stop(0.5)
         await app.close()
 
@@ -110,6 +111,10 @@ async def test_bad_requests_map_to_invalid_argument(stub: sparse_pb2_grpc.Sparse
             sparse_pb2.UpsertRequest(index_id=INDEX, chunks=[common_pb2.Chunk(id="x", metadata_json="{")]),
             timeout=5,
         ),
+        stub.Upsert(
+            sparse_pb2.UpsertRequest(index_id=INDEX, chunks=[common_pb2.Chunk(id="x", metadata_json="[1, 2]")]),
+            timeout=5,
+        ),
     ]
     for call in bad:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -140,11 +145,11 @@ async def test_the_process_serves_health_and_stops_on_sigterm(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.05)
         assert port_file.exists(), "the service did not write its port file"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
+        async with channel(f"127.0.0.1:{port_file.read_text()}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
             reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
-            stub = sparse_pb2_grpc.SparseSearchStub(channel)
+            stub = sparse_pb2_grpc.SparseSearchStub(ch)
             request = sparse_pb2.UpsertRequest(index_id=INDEX, chunks=[chunk_to_pb(CHUNKS[0])])
             assert (await stub.Upsert(request, timeout=10)).upserted == 1
         proc.send_signal(signal.SIGTERM)

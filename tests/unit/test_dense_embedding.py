@@ -35,7 +35,15 @@ def test_rows_are_unit_length_float32(embedder: OnnxEmbedder) -> None:
 
 
 def test_empty_input_gives_no_rows(embedder: OnnxEmbedder) -> None:
-    assert embedder.embed([]).shape == (0, 384)
+    empty = embedder.embed([])
+    assert empty.shape == (0, 384) and empty.dtype == np.float32
+
+
+def test_a_model_without_a_declared_hidden_size_is_refused() -> None:
+    encoder = load_encoder()
+    encoder.dim = 0  # as for an ONNX export whose last output axis is symbolic
+    with pytest.raises(ValueError, match="hidden size"):
+        OnnxEmbedder(encoder)
 
 
 def test_batching_preserves_order() -> None:

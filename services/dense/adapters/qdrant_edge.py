@@ -85,10 +85,17 @@ class EdgeFilterBuilder:
         return qe.HasIdCondition(set())
 
 
+_TRANSLATOR = FilterTranslator(EdgeFilterBuilder())  # stateless: one serves every request
+
+
 def edge_filter(node: FilterNode) -> qe.Filter:
     """The ``qdrant_edge.Filter`` for an internal filter tree."""
-    result: qe.Filter = FilterTranslator(EdgeFilterBuilder()).translate(node)
+    result: qe.Filter = _TRANSLATOR.translate(node)
     return result
+
+
+def _file_filter(file_id: str) -> qe.Filter:
+    return qe.Filter(must=[qe.FieldCondition(FILE_ID, match=qe.MatchValue(file_id))])
 
 
 def _schema(kind: str) -> Any:
@@ -132,7 +139,7 @@ class QdrantEdgeVectorIndex:
         self._dim = dim
         self._hnsw = (hnsw_m, hnsw_ef_construct, full_scan_threshold_kb)
         self._indexing_threshold = indexing_threshold_kb
-        self._search_ef = search_ef
+        self._search_params = qe.SearchParams(hnsw_ef=search_ef) if search_ef else None
         self._optimize = optimize_in_background
         self._executor = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="qdrant-edge")
         self._shards: dict[str, _Shard] = {}
@@ -225,31 +232,26 @@ class QdrantEdgeVectorIndex:
             raise InvalidArgument(f"vectors must have {self._dim} dimensions")
         handle = await self._get(index_id, create=True)
         assert handle is not None
-        points = [
-            qe.Point(point_id(c.id), v.astype(np.float32).tolist(), chunk_payload(c))
-            for c, v in zip(chunks, vectors, strict=True)
-        ]
-        wanted: dict[str, str] = {}
-        for c in chunks:
-            for path, kind in index_kinds(c.metadata):
-                if path not in handle.indexed:
-                    wanted.setdefault(path, kind)
         async with handle.lock:
-            await self._run(self._write, handle, points, wanted)
+            await self._run(self._write, handle, chunks, vectors)
             handle.dirty = True
         self._schedule_optimize(handle)
 
     @staticmethod
-    def _write(handle: _Shard, points: list[qe.Point], wanted: dict[str, str]) -> None:
+    def _write(handle: _Shard, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
+        # Worker thread: building the points and payloads is CPU work kept off the event loop.
+        rows = np.asarray(vectors, dtype=np.float32).tolist()
+        points = [qe.Point(point_id(c.id), row, chunk_payload(c)) for c, row in zip(chunks, rows, strict=True)]
         handle.shard.update(qe.UpdateOperation.upsert_points(points))
-        for path, kind in wanted.items():
-            if path in handle.indexed:
-                continue
-            try:
-                handle.shard.update(qe.UpdateOperation.create_field_index(path, _schema(kind)))
-            except Exception:  # an index is an optimisation; filtering stays correct without it
-                log.warning("could not create payload index %s (%s)", path, kind, exc_info=True)
-            handle.indexed.add(path)
+        for c in chunks:
+            for path, kind in index_kinds(c.metadata):
+                if path in handle.indexed:
+                    continue
+                try:
+                    handle.shard.update(qe.UpdateOperation.create_field_index(path, _schema(kind)))
+                except Exception:  # an index is an optimisation; filtering stays correct without it
+                    log.warning("could not create payload index %s (%s)", path, kind, exc_info=True)
+                handle.indexed.add(path)
 
     def _schedule_optimize(self, handle: _Shard) -> None:
         if not self._optimize or (handle.optimizing is not None and not handle.optimizing.done()):
@@ -281,9 +283,8 @@ class QdrantEdgeVectorIndex:
         handle = await self._get(index_id, create=False)
         if handle is None:
             return 0
-        flt = qe.Filter(must=[qe.FieldCondition(FILE_ID, match=qe.MatchValue(file_id))])
         async with handle.lock:
-            return await self._run(self._delete_by_filter, handle.shard, flt)
+            return await self._run(self._delete_by_filter, handle.shard, _file_filter(file_id))
 
     @staticmethod
     def _delete_by_filter(shard: qe.EdgeShard, flt: qe.Filter) -> int:
@@ -330,15 +331,19 @@ class QdrantEdgeVectorIndex:
             query=qe.Query.Nearest(query.tolist()),
             filter=edge_filter(filter) if filter is not None else None,
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=self._search_ef) if self._search_ef else None,
+            params=self._search_params,
         )
-        points = await self._run(handle.shard.query, request)
-        return [Hit(chunk_from_payload(index_id, p.id, p.payload), float(p.score)) for p in points]
+        return await self._run(self._query, handle.shard, request, index_id)
+
+    @staticmethod
+    def _query(shard: qe.EdgeShard, request: qe.QueryRequest, index_id: str) -> list[Hit]:
+        # Worker thread, conversion included: rebuilding up to max_top_k chunks is not loop work.
+        return [Hit(chunk_from_payload(index_id, p.id, p.payload), float(p.score)) for p in shard.query(request)]
 
     async def count(self, index_id: str, file_id: str | None = None) -> int:
         """Number of chunks in the index, or of one file in it."""
         handle = await self._get(index_id, create=False)
         if handle is None:
             return 0
-        flt = qe.Filter(must=[qe.FieldCondition(FILE_ID, match=qe.MatchValue(file_id))]) if file_id else None
+        flt = _file_filter(file_id) if file_id else None
         return await self._run(handle.shard.count, qe.CountRequest(exact=True, filter=flt))

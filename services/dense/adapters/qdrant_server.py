@@ -82,9 +82,12 @@ class ServerFilterBuilder:
         return models.HasIdCondition(has_id=[])
 
 
+_TRANSLATOR = FilterTranslator(ServerFilterBuilder())  # stateless: one serves every request
+
+
 def server_filter(node: FilterNode) -> models.Filter:
     """The ``qdrant_client.models.Filter`` for an internal filter tree."""
-    result: models.Filter = FilterTranslator(ServerFilterBuilder()).translate(node)
+    result: models.Filter = _TRANSLATOR.translate(node)
     return result
 
 
@@ -121,11 +124,14 @@ class QdrantServerVectorIndex:
         self._dim = dim
         self._collection = collection_name(collection_prefix, model_name, dim)
         self._timeout = timeout
+        self._t = max(1, math.ceil(timeout))  # the client's per-request timeout: whole seconds
         self._hnsw = (hnsw_m, hnsw_ef_construct)
-        self._search_ef = search_ef
         options = client.init_options
         # Local mode (":memory:" or a path) builds no indexes and ignores search params.
         self._local = options.get("location") == ":memory:" or options.get("path") is not None
+        self._search_params = (
+            models.SearchParams(hnsw_ef=search_ef) if search_ef and not self._local else None
+        )
         self._exists = False
         self._indexed: set[str] = set()
         self._lock = asyncio.Lock()
@@ -153,10 +159,6 @@ class QdrantServerVectorIndex:
             raise
         except (ResponseHandlingException, ConnectionError) as exc:
             raise Unavailable("qdrant is unreachable") from exc
-
-    @property
-    def _t(self) -> int:
-        return max(1, math.ceil(self._timeout))
 
     @staticmethod
     def _tenant(index_id: str) -> models.FieldCondition:
@@ -241,10 +243,10 @@ class QdrantServerVectorIndex:
             models.PointStruct(
                 # The point id is scoped by the index: the same chunk id may exist in two indexes.
                 id=point_id(f"{index_id}\x00{c.id}"),
-                vector=v.astype(np.float32).tolist(),
+                vector=row,
                 payload={INDEX_ID: index_id, **chunk_payload(c)},
             )
-            for c, v in zip(chunks, vectors, strict=True)
+            for c, row in zip(chunks, np.asarray(vectors, dtype=np.float32).tolist(), strict=True)
         ]
         await self._call(self._client.upsert(self._collection, points=points, wait=True, timeout=self._t))
 
@@ -258,11 +260,8 @@ class QdrantServerVectorIndex:
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.shape[0] != self._dim:
             raise InvalidArgument(f"query vector must have {self._dim} dimensions")
-        params = None
-        if self._search_ef and not self._local:
-            params = models.SearchParams(hnsw_ef=self._search_ef)
         response = await self._call(self._client.query_points(
-            self._collection, query=query.tolist(), query_filter=flt, search_params=params,
+            self._collection, query=query.tolist(), query_filter=flt, search_params=self._search_params,
             limit=top_k, with_payload=True, timeout=self._t,
         ))
         return [Hit(chunk_from_payload(index_id, p.id, p.payload), float(p.score)) for p in response.points]

@@ -52,7 +52,6 @@ import tantivy
 
 from services.common.domain import Chunk, FilterNode, Hit
 from services.sparse.adapters.tantivy_filters import KW_FIELD, NUM_FIELD, FilterCompiler, metadata_terms
-from services.sparse.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +132,6 @@ class TantivyKeywordIndex:
 
     async def upsert(self, index_id: str, chunks: Sequence[Chunk]) -> None:
         """Write chunks in one commit; an existing id is replaced, never duplicated."""
-        for chunk in chunks:
-            if not chunk.id:
-                raise InvalidRequest("every chunk needs an id")
         if chunks:
             await self._run(self._upsert, index_id, list(chunks))
 
@@ -198,8 +194,7 @@ class TantivyKeywordIndex:
         doc.add_text("id", chunk.id)
         doc.add_text("file_id", chunk.file_id)
         doc.add_text("content", chunk.content)
-        stored = {
-            "index_id": chunk.index_id,
+        stored = {  # the index id is not stored: it is the index the document lives in
             "file_name": chunk.file_name,
             "metadata": dict(chunk.metadata),
             "chunk_index": chunk.chunk_index,
@@ -281,7 +276,7 @@ class TantivyKeywordIndex:
         stored = json.loads(blob) if isinstance(blob, bytes | str) else {}
         return Chunk(
             id=text("id"),
-            index_id=stored.get("index_id") or index_id,
+            index_id=index_id,
             file_id=text("file_id"),
             content=text("content"),
             file_name=stored.get("file_name", ""),
