@@ -8,9 +8,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-DIRECTORY_TYPES = ("user", "ephemeral", "index")
 ACTIVE_JOB_STATUSES = ("pending", "running")
-FINISHED_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import secrets
 from collections.abc import Sequence
@@ -16,10 +15,6 @@ from services.files import domain as d
 from services.files.paging import decode_cursor, decode_offset, encode_offset, page_size
 from services.files.ports import Catalog
 
-DIRECTORY_FILES_PAGE_SIZE = 100
-INDEXES_PAGE_SIZE = 100
-FIND_PAGE_SIZE = 100
-GREP_PAGE_SIZE = 100
 DEFAULT_LEASE_SECONDS = 60.0
 JOB_RESULT_STATUSES = ("succeeded", "failed")
 
@@ -94,10 +89,9 @@ class FilesService:
         """The project an API key belongs to; UNAUTHENTICATED for an empty or unknown key."""
         if not api_key:
             raise Unauthenticated("missing api key")
-        digest = hash_key(api_key)
-        project = await self.catalog.project_for_key_hash(digest)
-        # The lookup is by hash; the final comparison is constant time all the same.
-        if project is None or not hmac.compare_digest(digest, hash_key(api_key)):
+        # Looked up by its sha256: the key itself is never compared (nor stored).
+        project = await self.catalog.project_for_key_hash(hash_key(api_key))
+        if project is None:
             raise Unauthenticated("invalid api key")
         return project
 
@@ -167,7 +161,7 @@ class FilesService:
         page_size_: int = 0,
         page_token: str = "",
     ) -> d.ResultPage[d.DirectoryFile]:
-        limit = page_size(page_size_, DIRECTORY_FILES_PAGE_SIZE)
+        limit = page_size(page_size_)
         return await self.catalog.list_directory_files(
             project_id, directory_id, flt, limit, decode_cursor(page_token)
         )
@@ -192,7 +186,7 @@ class FilesService:
     async def list_indexes(
         self, project_id: str, *, source_directory_id: str = "", page_size_: int = 0, page_token: str = ""
     ) -> d.ResultPage[d.Index]:
-        limit = page_size(page_size_, INDEXES_PAGE_SIZE)
+        limit = page_size(page_size_)
         return await self.catalog.list_indexes(project_id, source_directory_id, limit, decode_cursor(page_token))
 
     async def delete_index(self, project_id: str, index_id: str) -> d.Index:
@@ -261,7 +255,7 @@ class FilesService:
         page_size_: int = 0,
         page_token: str = "",
     ) -> d.ResultPage[d.FoundFile]:
-        limit = page_size(page_size_, FIND_PAGE_SIZE)
+        limit = page_size(page_size_)
         return await self.catalog.find_files(
             project_id, index_id, file_name, file_name_contains, limit, decode_cursor(page_token)
         )
@@ -282,7 +276,7 @@ class FilesService:
             raise InvalidArgument("pattern is required")
         if context_chars < 0:
             raise InvalidArgument("context_chars must not be negative")
-        limit = page_size(page_size_, GREP_PAGE_SIZE)
+        limit = page_size(page_size_)
         start = decode_offset(page_token)
         regex = compile_pattern(pattern)
         parsed = await self.catalog.get_parsed_text(project_id, index_id, file_id)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from services._proto.quarry.files.v1 import files_pb2 as pb
 from services._proto.quarry.files.v1 import files_pb2_grpc
@@ -23,94 +26,33 @@ def rfc3339(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _project(p: d.Project) -> pb.Project:
-    return pb.Project(
-        id=p.id,
-        name=p.name,
-        organization_id=p.organization_id,
-        is_default=p.is_default,
-        created_at=rfc3339(p.created_at),
-        updated_at=rfc3339(p.updated_at),
-    )
+# Each domain dataclass and the message with the same field names (checked by the unit tests).
+MESSAGES: dict[type, type[Message]] = {
+    d.Project: pb.Project,
+    d.Directory: pb.Directory,
+    d.DirectoryFile: pb.DirectoryFile,
+    d.Job: pb.Job,
+    d.Index: pb.Index,
+    d.JobItem: pb.JobItem,
+    d.FoundFile: pb.FoundFile,
+    d.GrepMatch: pb.GrepMatch,
+}
 
 
-def _directory(x: d.Directory) -> pb.Directory:
-    return pb.Directory(
-        id=x.id,
-        project_id=x.project_id,
-        name=x.name,
-        description=x.description,
-        type=x.type,
-        created_at=rfc3339(x.created_at),
-        updated_at=rfc3339(x.updated_at),
-    )
-
-
-def _file(f: d.DirectoryFile) -> pb.DirectoryFile:
-    return pb.DirectoryFile(
-        id=f.id,
-        directory_id=f.directory_id,
-        project_id=f.project_id,
-        display_name=f.display_name,
-        unique_id=f.unique_id,
-        external_file_id=f.external_file_id,
-        file_id=f.file_id,
-        metadata_json=f.metadata_json,
-        version=f.version,
-        size_bytes=f.size_bytes,
-        content_type=f.content_type,
-        created_at=rfc3339(f.created_at),
-        updated_at=rfc3339(f.updated_at),
-    )
-
-
-def _job(j: d.Job) -> pb.Job:
-    return pb.Job(
-        id=j.id,
-        index_id=j.index_id,
-        status=j.status,
-        worker_id=j.worker_id,
-        lease_until=rfc3339(j.lease_until),
-        attempts=j.attempts,
-        total_items=j.total_items,
-        done_items=j.done_items,
-        error=j.error,
-        created_at=rfc3339(j.created_at),
-        started_at=rfc3339(j.started_at),
-        finished_at=rfc3339(j.finished_at),
-    )
-
-
-def _index(i: d.Index) -> pb.Index:
-    out = pb.Index(
-        id=i.id,
-        project_id=i.project_id,
-        name=i.name,
-        description=i.description,
-        source_directory_id=i.source_directory_id,
-        output_directory_id=i.output_directory_id,
-        generation=i.generation,
-        sync_in_progress=i.sync_in_progress,
-        created_at=rfc3339(i.created_at),
-        updated_at=rfc3339(i.updated_at),
-        last_synced_at=rfc3339(i.last_synced_at),
-        metadata_json=i.metadata_json,
-    )
-    if i.last_job is not None:
-        out.last_job.CopyFrom(_job(i.last_job))
-    return out
-
-
-def _item(x: d.JobItem) -> pb.JobItem:
-    return pb.JobItem(
-        job_id=x.job_id,
-        source_file_id=x.source_file_id,
-        action=x.action,
-        status=x.status,
-        parsed_file_id=x.parsed_file_id,
-        chunk_count=x.chunk_count,
-        error=x.error,
-    )
+def to_pb(obj: Any) -> Any:
+    """The message for a domain dataclass: field by field, datetimes as RFC 3339, nested dataclasses
+    converted, None left unset ("" for a timestamp, absent for a message)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            value = rfc3339(value)
+        elif type(value) in MESSAGES:
+            value = to_pb(value)
+        values[f.name] = value
+    return MESSAGES[type(obj)](**values)
 
 
 class FilesServicer(files_pb2_grpc.FilesServicer):
@@ -124,24 +66,24 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     @mapped
     async def Authenticate(self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext) -> pb.Project:
         """The project of an API key; UNAUTHENTICATED when unknown."""
-        return _project(await self._svc.authenticate(request.api_key))
+        return to_pb(await self._svc.authenticate(request.api_key))
 
     @mapped
     async def EnsureProject(self, request: pb.EnsureProjectRequest, context: grpc.aio.ServicerContext) -> pb.Project:
         """Get or create the project with this name."""
-        return _project(await self._svc.ensure_project(request.name))
+        return to_pb(await self._svc.ensure_project(request.name))
 
     @mapped
     async def GetProject(self, request: pb.GetProjectRequest, context: grpc.aio.ServicerContext) -> pb.Project:
         """One project by id."""
-        return _project(await self._svc.get_project(request.project_id))
+        return to_pb(await self._svc.get_project(request.project_id))
 
     @mapped
     async def ListProjects(
         self, request: pb.ListProjectsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListProjectsResponse:
         """All projects, or those with this exact name."""
-        return pb.ListProjectsResponse(projects=[_project(p) for p in await self._svc.list_projects(request.name)])
+        return pb.ListProjectsResponse(projects=[to_pb(p) for p in await self._svc.list_projects(request.name)])
 
     @mapped
     async def CreateApiKey(
@@ -157,14 +99,14 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
         self, request: pb.CreateDirectoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.Directory:
         """Create a user or ephemeral directory."""
-        return _directory(
+        return to_pb(
             await self._svc.create_directory(request.project_id, request.name, request.description, request.type)
         )
 
     @mapped
     async def GetDirectory(self, request: pb.GetDirectoryRequest, context: grpc.aio.ServicerContext) -> pb.Directory:
         """One directory of the project."""
-        return _directory(await self._svc.get_directory(request.project_id, request.directory_id))
+        return to_pb(await self._svc.get_directory(request.project_id, request.directory_id))
 
     @mapped
     async def ListDirectories(
@@ -172,12 +114,12 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     ) -> pb.ListDirectoriesResponse:
         """All directories of the project, oldest first."""
         dirs = await self._svc.list_directories(request.project_id)
-        return pb.ListDirectoriesResponse(directories=[_directory(x) for x in dirs])
+        return pb.ListDirectoriesResponse(directories=[to_pb(x) for x in dirs])
 
     @mapped
     async def UploadFile(self, request: pb.UploadFileRequest, context: grpc.aio.ServicerContext) -> pb.DirectoryFile:
         """Add a file, or replace the one with the same unique_id."""
-        return _file(
+        return to_pb(
             await self._svc.upload_file(
                 request.project_id,
                 request.directory_id,
@@ -205,7 +147,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             request.project_id, request.directory_id, flt, page_size_=request.page_size, page_token=request.page_token
         )
         return pb.ListDirectoryFilesResponse(
-            items=[_file(f) for f in page.items], next_page_token=page.next_page_token, total_size=page.total_size
+            items=[to_pb(f) for f in page.items], next_page_token=page.next_page_token, total_size=page.total_size
         )
 
     @mapped
@@ -221,7 +163,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     @mapped
     async def CreateIndex(self, request: pb.CreateIndexRequest, context: grpc.aio.ServicerContext) -> pb.Index:
         """Create an index (and its output directory) over a source directory."""
-        return _index(
+        return to_pb(
             await self._svc.create_index(
                 request.project_id,
                 name=request.name,
@@ -234,7 +176,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     @mapped
     async def GetIndex(self, request: pb.GetIndexRequest, context: grpc.aio.ServicerContext) -> pb.Index:
         """One index with sync_in_progress and its last job."""
-        return _index(await self._svc.get_index(request.project_id, request.index_id))
+        return to_pb(await self._svc.get_index(request.project_id, request.index_id))
 
     @mapped
     async def ListIndexes(
@@ -248,28 +190,28 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             page_token=request.page_token,
         )
         return pb.ListIndexesResponse(
-            items=[_index(i) for i in page.items], next_page_token=page.next_page_token, total_size=page.total_size
+            items=[to_pb(i) for i in page.items], next_page_token=page.next_page_token, total_size=page.total_size
         )
 
     @mapped
     async def DeleteIndex(self, request: pb.DeleteIndexRequest, context: grpc.aio.ServicerContext) -> pb.Index:
         """Delete an index with its jobs, parsed texts and output directory; returns it."""
-        return _index(await self._svc.delete_index(request.project_id, request.index_id))
+        return to_pb(await self._svc.delete_index(request.project_id, request.index_id))
 
     @mapped
     async def StartSync(self, request: pb.StartSyncRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """Plan a sync job, or return the one already pending/running."""
-        return _job(await self._svc.start_sync(request.project_id, request.index_id))
+        return to_pb(await self._svc.start_sync(request.project_id, request.index_id))
 
     @mapped
     async def CancelSync(self, request: pb.CancelSyncRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """Cancel the running sync; FAILED_PRECONDITION when none."""
-        return _job(await self._svc.cancel_sync(request.project_id, request.index_id))
+        return to_pb(await self._svc.cancel_sync(request.project_id, request.index_id))
 
     @mapped
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """One job by id (no project check: the caller checks the job's index)."""
-        return _job(await self._svc.get_job(request.job_id))
+        return to_pb(await self._svc.get_job(request.job_id))
 
     # -- worker protocol
 
@@ -279,25 +221,25 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
         job = await self._svc.claim_job(request.worker_id, request.lease_seconds)
         if job is None:
             return pb.ClaimJobResponse(found=False)
-        return pb.ClaimJobResponse(found=True, job=_job(job))
+        return pb.ClaimJobResponse(found=True, job=to_pb(job))
 
     @mapped
     async def RenewLease(self, request: pb.RenewLeaseRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """Extend the worker's lease on a running job."""
-        return _job(await self._svc.renew_lease(request.job_id, request.worker_id, request.lease_seconds))
+        return to_pb(await self._svc.renew_lease(request.job_id, request.worker_id, request.lease_seconds))
 
     @mapped
     async def ListJobItems(
         self, request: pb.ListJobItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListJobItemsResponse:
         """All items of a job in plan order."""
-        return pb.ListJobItemsResponse(items=[_item(x) for x in await self._svc.list_job_items(request.job_id)])
+        return pb.ListJobItemsResponse(items=[to_pb(x) for x in await self._svc.list_job_items(request.job_id)])
 
     @mapped
     async def GetSourceFile(self, request: pb.GetSourceFileRequest, context: grpc.aio.ServicerContext) -> pb.SourceFile:
         """An uploaded file with its bytes."""
         f, content = await self._svc.get_source_file(request.source_file_id)
-        return pb.SourceFile(file=_file(f), content=content)
+        return pb.SourceFile(file=to_pb(f), content=content)
 
     @mapped
     async def PrepareParsedFile(
@@ -326,7 +268,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     @mapped
     async def FinishJob(self, request: pb.FinishJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """Close a job and bump the index generation."""
-        return _job(await self._svc.finish_job(request.job_id, request.worker_id, request.status, request.error))
+        return to_pb(await self._svc.finish_job(request.job_id, request.worker_id, request.status, request.error))
 
     # -- retrieval over parsed files
 
@@ -342,7 +284,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             page_token=request.page_token,
         )
         return pb.FindFilesResponse(
-            items=[pb.FoundFile(file_id=f.file_id, file_name=f.file_name) for f in page.items],
+            items=[to_pb(f) for f in page.items],
             next_page_token=page.next_page_token,
             total_size=page.total_size,
         )
@@ -360,7 +302,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             page_token=request.page_token,
         )
         return pb.GrepFileResponse(
-            items=[pb.GrepMatch(content=m.content, start_char=m.start_char, end_char=m.end_char) for m in page.items],
+            items=[to_pb(m) for m in page.items],
             next_page_token=page.next_page_token,
             total_size=page.total_size,
         )

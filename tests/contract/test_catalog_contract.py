@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from services.common.errors import (
     AlreadyExists,
@@ -71,11 +72,20 @@ async def catalog(request: pytest.FixtureRequest, tmp_path: object, clock: FakeC
     try:
         yield cat
     finally:
-        await cat.close()
-        admin = create_async_engine(url)
-        async with admin.begin() as conn:
-            await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        await admin.dispose()
+        try:
+            await cat.close()
+        finally:
+            # Bounded, so a hung server or a lock left behind fails the teardown instead of hanging it.
+            admin = create_async_engine(
+                url,
+                poolclass=NullPool,
+                connect_args={"connect_timeout": 3, "options": "-c lock_timeout=5000 -c statement_timeout=10000"},
+            )
+            try:
+                async with admin.begin() as conn:
+                    await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            finally:
+                await admin.dispose()
 
 
 @pytest.fixture
@@ -107,12 +117,14 @@ async def _run_job(svc: FilesService, worker: str, texts: dict[str, str]) -> str
     return job.id
 
 
-async def test_auth_and_projects(svc: FilesService) -> None:
+async def test_auth_and_projects(svc: FilesService, clock: FakeClock) -> None:
     p1 = await svc.ensure_project("Default")
-    assert (await svc.ensure_project("Default")).id == p1.id
-    assert p1.is_default
+    assert p1.created_at == p1.updated_at == clock.now  # timezone-aware UTC on both databases
+    again = await svc.ensure_project("Default")
+    assert again == p1
+    assert p1.is_default is True
     p2 = await svc.ensure_project("other")
-    assert not p2.is_default
+    assert p2.is_default is False
     assert [p.id for p in await svc.list_projects("other")] == [p2.id]
     assert {p.id for p in await svc.list_projects("")} == {p1.id, p2.id}
     assert (await svc.get_project(p2.id)).name == "other"
@@ -225,8 +237,11 @@ async def test_index_listing_and_delete(svc: FilesService) -> None:
 
     await svc.upload_file(pid, did, display_name="a.txt", content=b"alpha")
     ix = created[0]
-    await svc.start_sync(pid, ix.id)
+    job_id = (await svc.start_sync(pid, ix.id)).id
     await _run_job(svc, "w1", {})
+    listed = (await svc.list_indexes(pid)).items
+    assert [i.last_job.id if i.last_job else None for i in listed] == [job_id, None, None, None, None]
+    assert listed[0] == await svc.get_index(pid, ix.id)
     gen = (await svc.get_index(pid, ix.id)).generation
     deleted = await svc.delete_index(pid, ix.id)
     assert deleted.id == ix.id and deleted.generation == gen + 1
@@ -307,6 +322,7 @@ async def test_lease_expiry_and_reclaim(svc: FilesService, clock: FakeClock) -> 
     await svc.start_sync(pid, ix.id)
     first = await svc.claim_job("A", 10)
     assert first is not None
+    assert first.lease_until == clock.now + timedelta(seconds=10)
     await svc.prepare_parsed_file(ix.id, a.id)
     await svc.complete_job_item(first.id, "A", a.id, text="alpha", chunk_count=1)
     renewed = await svc.renew_lease(first.id, "A", 10)

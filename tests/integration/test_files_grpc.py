@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,10 +28,13 @@ async def stub(tmp_path: Path) -> AsyncIterator[files_pb2_grpc.FilesStub]:
     channel = grpc.aio.insecure_channel(running.address)
     try:
         health = health_pb2_grpc.HealthStub(channel)
-        while True:  # the health watch flips to SERVING once the catalog answered
+        for _ in range(int(DEADLINE / 0.02)):  # the health watch flips to SERVING once the catalog answered
             reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=DEADLINE)
             if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the files service never became SERVING")
         yield files_pb2_grpc.FilesStub(channel)
     finally:
         await channel.close()

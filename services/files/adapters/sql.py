@@ -8,13 +8,16 @@ COMMITTED; races are settled by guarded UPDATEs and unique constraints, never by
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -29,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     and_,
     delete,
@@ -40,9 +44,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import FromClause
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -51,6 +57,7 @@ from services.files.paging import encode_cursor
 from services.files.ports import Cursor
 
 Clock = Callable[[], datetime]
+_T = TypeVar("_T")
 
 ORGANIZATION_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "quarry:organization:default"))
 
@@ -65,8 +72,20 @@ def _name_type() -> String:
     return String(1024).with_variant(String(1024, collation="C"), "postgresql")  # type: ignore[return-value]
 
 
+class _UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp on both databases (SQLite hands DateTime back naive; all stored is UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
 _ID = String(64)
-_TS = DateTime(timezone=True)
+_TS = _UtcDateTime()
 
 metadata = MetaData()
 
@@ -211,95 +230,64 @@ parsed_texts = Table(
 )
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands DateTime columns back naive; everything stored is UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-
-
-def _ts(value: datetime) -> datetime:
-    out = _utc(value)
-    assert out is not None
-    return out
-
-
 def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _project(row: Row[Any]) -> d.Project:
-    return d.Project(
-        id=row.id,
-        name=row.name,
-        organization_id=row.organization_id,
-        is_default=bool(row.is_default),
-        created_at=_ts(row.created_at),
-        updated_at=_ts(row.updated_at),
-    )
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def _directory(row: Row[Any]) -> d.Directory:
-    return d.Directory(
-        id=row.id,
-        project_id=row.project_id,
-        name=row.name,
-        description=row.description,
-        type=row.type,
-        created_at=_ts(row.created_at),
-        updated_at=_ts(row.updated_at),
-    )
+def _from_row(cls: type[_T], row: Row[Any], **computed: Any) -> _T:
+    """The domain dataclass ``cls`` from the row's columns of the same names; ``computed`` gives the rest."""
+    columns = row._mapping
+    return cls(**{name: columns[name] for name in _field_names(cls) if name not in computed}, **computed)
 
 
 def _file(row: Row[Any]) -> d.DirectoryFile:
-    return d.DirectoryFile(
-        id=row.id,
-        directory_id=row.directory_id,
-        project_id=row.project_id,
-        display_name=row.display_name,
-        unique_id=row.unique_id,
-        external_file_id=row.external_file_id,
-        file_id=row.blob_id or "",
-        metadata_json=row.metadata_json,
-        version=row.version,
-        size_bytes=row.size_bytes,
-        content_type=row.content_type,
-        created_at=_ts(row.created_at),
-        updated_at=_ts(row.updated_at),
-    )
+    # The API's file_id is the content hash (blob id); parsed files have none.
+    return _from_row(d.DirectoryFile, row, file_id=row.blob_id or "")
 
 
-def _job(row: Row[Any]) -> d.Job:
-    return d.Job(
-        id=row.id,
-        index_id=row.index_id,
-        status=row.status,
-        worker_id=row.worker_id,
-        lease_until=_utc(row.lease_until),
-        attempts=row.attempts,
-        total_items=row.total_items,
-        done_items=row.done_items,
-        error=row.error,
-        created_at=_ts(row.created_at),
-        started_at=_utc(row.started_at),
-        finished_at=_utc(row.finished_at),
-    )
+def _to_index(row: Row[Any], last_job: d.Job | None) -> d.Index:
+    active = last_job is not None and last_job.status in d.ACTIVE_JOB_STATUSES
+    return _from_row(d.Index, row, sync_in_progress=active, last_job=last_job)
 
 
-def _item(row: Row[Any]) -> d.JobItem:
-    return d.JobItem(
-        job_id=row.job_id,
-        source_file_id=row.source_file_id,
-        action=row.action,
-        status=row.status,
-        parsed_file_id=row.parsed_file_id,
-        chunk_count=row.chunk_count,
-        error=row.error,
-    )
+async def _keyset_page(
+    conn: AsyncConnection,
+    columns: Sequence[Any],
+    source: FromClause,
+    conds: Sequence[ColumnElement[bool]],
+    order: tuple[ColumnElement[Any], ColumnElement[Any]],
+    after: tuple[Any, str] | None,
+    limit: int,
+) -> tuple[Sequence[Row[Any]], int, str]:
+    """One page of ``columns`` from ``source`` ordered by ``order`` (sort key, unique id) after the
+    cursor ``after``: the rows, the count of every matching row, and the next page token ("" at the end).
+    """
+    sort, tie = order
+    total = (await conn.execute(select(func.count()).select_from(source).where(*conds))).scalar_one()
+    query = select(*columns).select_from(source).where(*conds)
+    if after is not None:
+        query = query.where(or_(sort > after[0], and_(sort == after[0], tie > after[1])))
+    rows = (await conn.execute(query.order_by(sort, tie).limit(limit + 1))).all()
+    if len(rows) <= limit:
+        return rows, total, ""
+    last = rows[limit - 1]._mapping
+    key = last[sort]
+    return rows[:limit], total, encode_cursor((key.isoformat() if isinstance(key, datetime) else key, last[tie]))
 
 
-def _after(sort: ColumnElement[Any], tie: ColumnElement[Any], cursor: Cursor, value: Any) -> ColumnElement[bool]:
-    return or_(sort > value, and_(sort == value, tie > cursor[1]))
+async def _retry_on_conflict(attempt: Callable[[], Awaitable[_T]], tries: int = 3) -> _T:
+    """Run ``attempt`` (one transaction) again when a concurrent writer won a unique constraint."""
+    for _ in range(tries - 1):
+        try:
+            return await attempt()
+        except IntegrityError:
+            pass
+    return await attempt()
 
 
 def _clean_text(value: str) -> str:
@@ -316,6 +304,8 @@ class SqlCatalog:
         self._clock = clock
         self._schema = schema
         self._is_sqlite = engine.dialect.name == "sqlite"
+        # INSERT .. ON CONFLICT DO NOTHING of this dialect (content-addressed blobs).
+        self._upsert_insert = sqlite.insert if self._is_sqlite else postgresql.insert
 
     @classmethod
     def from_url(
@@ -333,8 +323,9 @@ class SqlCatalog:
     ) -> SqlCatalog:
         """Build the engine for ``url`` (``sqlite+aiosqlite://...`` or ``postgresql+psycopg://...``)."""
         if url.startswith("sqlite"):
+            # sqlite3's timeout is the busy timeout: how long a statement waits for another writer's lock.
             engine = create_async_engine(url, connect_args={"timeout": sqlite_busy_timeout_s})
-            _install_sqlite_hooks(engine, sqlite_busy_timeout_s)
+            _install_sqlite_hooks(engine)
             return cls(engine, clock=clock)
         options = f"-c statement_timeout={int(statement_timeout_ms)}"
         if schema:
@@ -390,7 +381,7 @@ class SqlCatalog:
                     .where(api_keys.c.key_hash == key_hash)
                 )
             ).first()
-        return _project(row) if row is not None else None
+        return _from_row(d.Project, row) if row is not None else None
 
     async def ensure_project(self, name: str) -> d.Project:
         """Get the project called ``name``, creating it when missing (race-safe)."""
@@ -398,7 +389,7 @@ class SqlCatalog:
             async with self._read() as conn:
                 row = (await conn.execute(select(projects).where(projects.c.name == name))).first()
             if row is not None:
-                return _project(row)
+                return _from_row(d.Project, row)
             now = self._clock()
             try:
                 async with self._write() as conn:
@@ -424,14 +415,14 @@ class SqlCatalog:
         row = (await conn.execute(select(projects).where(projects.c.id == project_id))).first()
         if row is None:
             raise NotFound(f"project {project_id} not found")
-        return _project(row)
+        return _from_row(d.Project, row)
 
     async def list_projects(self, name: str) -> list[d.Project]:
         query = select(projects).order_by(projects.c.created_at, projects.c.id)
         if name:
             query = query.where(projects.c.name == name)
         async with self._read() as conn:
-            return [_project(r) for r in (await conn.execute(query)).all()]
+            return [_from_row(d.Project, r) for r in (await conn.execute(query)).all()]
 
     async def add_api_key(self, project_id: str, key_hash: str) -> None:
         """Map ``key_hash`` to the project; idempotent for the same project."""
@@ -472,7 +463,7 @@ class SqlCatalog:
             "updated_at": now,
         }
         await conn.execute(insert(directories).values(**values))
-        return d.Directory(**{**values, "created_at": _ts(now), "updated_at": _ts(now)})
+        return d.Directory(**values)
 
     async def get_directory(self, project_id: str, directory_id: str) -> d.Directory:
         async with self._read() as conn:
@@ -488,7 +479,7 @@ class SqlCatalog:
         ).first()
         if row is None:
             raise NotFound(f"directory {directory_id} not found")
-        return _directory(row)
+        return _from_row(d.Directory, row)
 
     async def list_directories(self, project_id: str) -> list[d.Directory]:
         query = (
@@ -497,20 +488,14 @@ class SqlCatalog:
             .order_by(directories.c.created_at, directories.c.id)
         )
         async with self._read() as conn:
-            return [_directory(r) for r in (await conn.execute(query)).all()]
+            return [_from_row(d.Directory, r) for r in (await conn.execute(query)).all()]
 
-    async def _put_blob(self, conn: AsyncConnection, content: bytes) -> str:
-        blob_id = hashlib.sha256(content).hexdigest()
-        if self._is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]
+    async def _put_blob(self, conn: AsyncConnection, blob_id: str, content: bytes) -> None:
         await conn.execute(
-            dialect_insert(blobs)
+            self._upsert_insert(blobs)
             .values(id=blob_id, content=content, size_bytes=len(content))
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        return blob_id
 
     async def _drop_blob_if_unused(self, conn: AsyncConnection, blob_id: str | None) -> None:
         if not blob_id:
@@ -520,20 +505,18 @@ class SqlCatalog:
 
     async def upload_file(self, project_id: str, directory_id: str, spec: d.UploadSpec) -> d.DirectoryFile:
         """Insert, or replace the file with the same unique_id (same row id; version+1 if changed)."""
-        for attempt in range(3):
-            try:
-                return await self._upload_once(project_id, directory_id, spec)
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        # Hashed once, off the event loop and outside the write transaction (content may be large).
+        blob_id = await asyncio.to_thread(lambda: hashlib.sha256(spec.content).hexdigest())
+        return await _retry_on_conflict(lambda: self._upload_once(project_id, directory_id, spec, blob_id))
 
-    async def _upload_once(self, project_id: str, directory_id: str, spec: d.UploadSpec) -> d.DirectoryFile:
+    async def _upload_once(
+        self, project_id: str, directory_id: str, spec: d.UploadSpec, blob_id: str
+    ) -> d.DirectoryFile:
         async with self._write() as conn:
             directory = await self._directory_row(conn, project_id, directory_id)
             if directory.type == "index":
                 raise FailedPrecondition(f"directory {directory_id} is an index output directory")
-            blob_id = await self._put_blob(conn, spec.content)
+            await self._put_blob(conn, blob_id, spec.content)
             now = self._clock()
             values = {
                 "display_name": spec.display_name,
@@ -602,24 +585,13 @@ class SqlCatalog:
     ) -> d.ResultPage[d.DirectoryFile]:
         """Files ordered by (display_name, id), keyset-paginated."""
         conds = self._file_conditions(directory_id, flt)
+        order = (directory_files.c.display_name, directory_files.c.id)
         async with self._read() as conn:
             await self._directory_row(conn, project_id, directory_id)
-            total = (
-                await conn.execute(select(func.count()).select_from(directory_files).where(*conds))
-            ).scalar_one()
-            query = select(directory_files).where(*conds)
-            if after is not None:
-                query = query.where(
-                    _after(directory_files.c.display_name, directory_files.c.id, after, after[0])
-                )
-            rows = (
-                await conn.execute(
-                    query.order_by(directory_files.c.display_name, directory_files.c.id).limit(limit + 1)
-                )
-            ).all()
-        items = [_file(r) for r in rows[:limit]]
-        token = encode_cursor((items[-1].display_name, items[-1].id)) if len(rows) > limit else ""
-        return d.ResultPage(items=items, next_page_token=token, total_size=total)
+            rows, total, token = await _keyset_page(
+                conn, [directory_files], directory_files, conds, order, after, limit
+            )
+        return d.ResultPage(items=[_file(r) for r in rows], next_page_token=token, total_size=total)
 
     async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None:
         async with self._write() as conn:
@@ -648,31 +620,27 @@ class SqlCatalog:
             raise NotFound(f"index {index_id} not found")
         return row
 
-    async def _last_job(self, conn: AsyncConnection, index_id: str) -> d.Job | None:
-        row = (
-            await conn.execute(
-                select(jobs).where(jobs.c.index_id == index_id).order_by(jobs.c.seq.desc()).limit(1)
+    async def _indexes(self, conn: AsyncConnection, rows: Sequence[Row[Any]]) -> list[d.Index]:
+        """Index rows with their last jobs, fetched in one query for all of them."""
+        if not rows:
+            return []
+        latest = (
+            select(jobs.c.index_id, func.max(jobs.c.seq).label("seq"))
+            .where(jobs.c.index_id.in_([r.id for r in rows]))
+            .group_by(jobs.c.index_id)
+            .subquery()
+        )
+        last = {
+            j.index_id: _from_row(d.Job, j)
+            for j in await conn.execute(
+                select(jobs).join(latest, and_(jobs.c.index_id == latest.c.index_id, jobs.c.seq == latest.c.seq))
             )
-        ).first()
-        return _job(row) if row is not None else None
+        }
+        return [_to_index(r, last.get(r.id)) for r in rows]
 
     async def _index(self, conn: AsyncConnection, row: Row[Any]) -> d.Index:
-        last = await self._last_job(conn, row.id)
-        return d.Index(
-            id=row.id,
-            project_id=row.project_id,
-            name=row.name,
-            description=row.description,
-            source_directory_id=row.source_directory_id,
-            output_directory_id=row.output_directory_id,
-            generation=row.generation,
-            sync_in_progress=last is not None and last.status in d.ACTIVE_JOB_STATUSES,
-            created_at=_ts(row.created_at),
-            updated_at=_ts(row.updated_at),
-            last_synced_at=_utc(row.last_synced_at),
-            metadata_json=row.metadata_json,
-            last_job=last,
-        )
+        [index] = await self._indexes(conn, [row])
+        return index
 
     async def create_index(
         self, project_id: str, name: str, description: str, source_directory_id: str, metadata_json: str
@@ -714,20 +682,16 @@ class SqlCatalog:
         conds: list[ColumnElement[bool]] = [indexes.c.project_id == project_id]
         if source_directory_id:
             conds.append(indexes.c.source_directory_id == source_directory_id)
+        created_after: tuple[datetime, str] | None = None
+        if after is not None:
+            try:
+                created_after = (datetime.fromisoformat(after[0]), after[1])
+            except ValueError as exc:
+                raise InvalidArgument("invalid page_token") from exc
+        order = (indexes.c.created_at, indexes.c.id)
         async with self._read() as conn:
-            total = (await conn.execute(select(func.count()).select_from(indexes).where(*conds))).scalar_one()
-            query = select(indexes).where(*conds)
-            if after is not None:
-                try:
-                    created = datetime.fromisoformat(after[0])
-                except ValueError as exc:
-                    raise InvalidArgument("invalid page_token") from exc
-                query = query.where(_after(indexes.c.created_at, indexes.c.id, after, created))
-            rows = (
-                await conn.execute(query.order_by(indexes.c.created_at, indexes.c.id).limit(limit + 1))
-            ).all()
-            items = [await self._index(conn, r) for r in rows[:limit]]
-        token = encode_cursor((items[-1].created_at.isoformat(), items[-1].id)) if len(rows) > limit else ""
+            rows, total, token = await _keyset_page(conn, [indexes], indexes, conds, order, created_after, limit)
+            items = await self._indexes(conn, rows)
         return d.ResultPage(items=items, next_page_token=token, total_size=total)
 
     async def delete_index(self, project_id: str, index_id: str) -> d.Index:
@@ -744,13 +708,8 @@ class SqlCatalog:
             )
             await conn.execute(delete(indexes).where(indexes.c.id == index_id))
             await conn.execute(delete(directories).where(directories.c.id == row.output_directory_id))
-        return d.Index(
-            **{
-                **before.__dict__,
-                "generation": before.generation + 1,
-                "sync_in_progress": False,
-                "updated_at": _ts(self._clock()),
-            }
+        return dataclasses.replace(
+            before, generation=before.generation + 1, sync_in_progress=False, updated_at=self._clock()
         )
 
     # -- syncs
@@ -759,7 +718,7 @@ class SqlCatalog:
         row = (
             await conn.execute(select(jobs).where(jobs.c.index_id == index_id, jobs.c.status.in_(_ACTIVE)))
         ).first()
-        return _job(row) if row is not None else None
+        return _from_row(d.Job, row) if row is not None else None
 
     async def _bump_generation(self, conn: AsyncConnection, index_id: str, now: datetime) -> None:
         await conn.execute(
@@ -770,12 +729,11 @@ class SqlCatalog:
 
     async def start_sync(self, project_id: str, index_id: str) -> d.Job:
         """Plan a job (upserts for new/changed sources, deletes for gone ones) or return the active one."""
-        for _ in range(3):
-            try:
-                return await self._start_sync_once(project_id, index_id)
-            except IntegrityError:
-                continue  # another StartSync created the active job first; return that one
-        raise FailedPrecondition(f"could not start a sync for index {index_id}")
+        try:
+            # A conflict means another StartSync created the active job first; the retry returns it.
+            return await _retry_on_conflict(lambda: self._start_sync_once(project_id, index_id))
+        except IntegrityError as exc:
+            raise FailedPrecondition(f"could not start a sync for index {index_id}") from exc
 
     async def _start_sync_once(self, project_id: str, index_id: str) -> d.Job:
         async with self._write() as conn:
@@ -866,7 +824,7 @@ class SqlCatalog:
         row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
         if row is None:
             raise NotFound(f"job {job_id} not found")
-        return _job(row)
+        return _from_row(d.Job, row)
 
     async def cancel_sync(self, project_id: str, index_id: str) -> d.Job:
         """Cancel the pending/running job; FAILED_PRECONDITION when there is none."""
@@ -969,7 +927,7 @@ class SqlCatalog:
             rows = (
                 await conn.execute(select(job_items).where(job_items.c.job_id == job_id).order_by(job_items.c.seq))
             ).all()
-        return [_item(r) for r in rows]
+        return [_from_row(d.JobItem, r) for r in rows]
 
     async def get_source_file(self, source_file_id: str) -> tuple[d.DirectoryFile, bytes]:
         async with self._read() as conn:
@@ -986,14 +944,12 @@ class SqlCatalog:
 
     async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> tuple[str, int]:
         """Get or create the parsed-file row for a source file (stable id across versions)."""
-        for attempt in range(3):
-            try:
-                async with self._write() as conn:
-                    return await self._prepare(conn, index_id, source_file_id)
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+
+        async def attempt() -> tuple[str, int]:
+            async with self._write() as conn:
+                return await self._prepare(conn, index_id, source_file_id)
+
+        return await _retry_on_conflict(attempt)
 
     async def _prepare(self, conn: AsyncConnection, index_id: str, source_file_id: str) -> tuple[str, int]:
         index = await self._index_row(conn, None, index_id)
@@ -1106,10 +1062,7 @@ class SqlCatalog:
         pages: Sequence[d.Page],
         chunk_count: int,
     ) -> str:
-        parsed_id, _ = await self._prepare_or_existing(conn, index_id, source_file_id)
-        version = (
-            await conn.execute(select(directory_files.c.version).where(directory_files.c.id == parsed_id))
-        ).scalar_one()
+        parsed_id, version = await self._prepare_or_existing(conn, index_id, source_file_id)
         clean = _clean_text(text)
         now = self._clock()
         values = {
@@ -1136,6 +1089,7 @@ class SqlCatalog:
     async def _prepare_or_existing(
         self, conn: AsyncConnection, index_id: str, source_file_id: str
     ) -> tuple[str, int]:
+        """The parsed row's (id, version), creating the row when the worker skipped PrepareParsedFile."""
         index = await self._index_row(conn, None, index_id)
         row = (
             await conn.execute(
@@ -1182,17 +1136,10 @@ class SqlCatalog:
             if name_contains:
                 conds.append(directory_files.c.name_folded.contains(name_contains.casefold(), autoescape=True))
             joined = directory_files.join(parsed_texts, parsed_texts.c.parsed_file_id == directory_files.c.id)
-            total = (await conn.execute(select(func.count()).select_from(joined).where(*conds))).scalar_one()
-            query = select(directory_files.c.id, directory_files.c.display_name).select_from(joined).where(*conds)
-            if after is not None:
-                query = query.where(_after(directory_files.c.display_name, directory_files.c.id, after, after[0]))
-            rows = (
-                await conn.execute(
-                    query.order_by(directory_files.c.display_name, directory_files.c.id).limit(limit + 1)
-                )
-            ).all()
-        items = [d.FoundFile(file_id=r.id, file_name=r.display_name) for r in rows[:limit]]
-        token = encode_cursor((items[-1].file_name, items[-1].file_id)) if len(rows) > limit else ""
+            order = (directory_files.c.display_name, directory_files.c.id)
+            columns = [directory_files.c.id, directory_files.c.display_name]
+            rows, total, token = await _keyset_page(conn, columns, joined, conds, order, after, limit)
+        items = [d.FoundFile(file_id=r.id, file_name=r.display_name) for r in rows]
         return d.ResultPage(items=items, next_page_token=token, total_size=total)
 
     async def get_parsed_text(self, project_id: str, index_id: str, file_id: str) -> d.ParsedText:
@@ -1218,7 +1165,7 @@ class SqlCatalog:
         )
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_s: float) -> None:
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over BEGIN from the driver so writes can start with BEGIN IMMEDIATE.
@@ -1227,7 +1174,6 @@ def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_s: float) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
