@@ -7,6 +7,7 @@ worker and the gateway. Stopping sends SIGTERM in reverse order and waits for ea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -63,32 +64,33 @@ class Stack:
         return env
 
     def _spawn(self, name: str, module: str, extra: Mapping[str, str]) -> Process:
-        out = open(self.log_file, "ab") if self.log_file else None
-        popen = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self._env(name, extra),
-            stdout=out or None,
-            stderr=subprocess.STDOUT if out else None,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-        )
+        # The child gets its own copy of the log file's descriptor; ours is closed at once.
+        with open(self.log_file, "ab") if self.log_file else contextlib.nullcontext() as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", module],
+                env=self._env(name, extra),
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+            )
         proc = Process(name, popen)
         self.processes.append(proc)
         return proc
 
-    def _start_backend(self, name: str, run_dir: Path, extra: Mapping[str, str]) -> Process:
-        port_file = run_dir / f"{name}.port"
+    def _start_service(self, name: str, extra: Mapping[str, str]) -> Process:
+        """``python -m services.<name>`` on a free port (unless ``env`` fixes one), reported in a port file."""
+        port_file = self.data_dir / "run" / f"{name}.port"
         port_file.unlink(missing_ok=True)
         prefix = f"QUARRY_{name.upper()}_"
         return self._spawn(name, f"services.{name}", {
             f"{prefix}HOST": "127.0.0.1",
             f"{prefix}PORT": self.env.get(f"{prefix}PORT", "0"),
             f"{prefix}PORT_FILE": str(port_file),
-            f"{prefix}DATA_DIR": str(self.data_dir / name),
             **extra,
         })
 
-    def _wait_port(self, proc: Process, run_dir: Path, deadline: float) -> None:
-        port_file = run_dir / f"{proc.name}.port"
+    def _wait_port(self, proc: Process, deadline: float) -> None:
+        port_file = self.data_dir / "run" / f"{proc.name}.port"
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
                 raise StackError(f"{proc.name} exited with code {proc.popen.returncode} during start-up")
@@ -116,12 +118,14 @@ class Stack:
 
     def start(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        run_dir = self.data_dir / "run"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "run").mkdir(parents=True, exist_ok=True)
         try:
-            procs = [self._start_backend(name, run_dir, {}) for name in BACKENDS]
+            procs = [
+                self._start_service(name, {f"QUARRY_{name.upper()}_DATA_DIR": str(self.data_dir / name)})
+                for name in BACKENDS
+            ]
             for proc in procs:
-                self._wait_port(proc, run_dir, deadline)
+                self._wait_port(proc, deadline)
             for proc in procs:
                 self._wait_serving(proc, deadline)
             self.start_ingest(deadline - time.monotonic())
@@ -140,18 +144,10 @@ class Stack:
 
     def start_ingest(self, timeout: float = 60.0) -> Process:
         """Start an ingest worker (at start-up, or another one later: workers share jobs by lease)."""
-        run_dir = self.data_dir / "run"
-        port_file = run_dir / "ingest.port"
-        port_file.unlink(missing_ok=True)
-        ingest = self._spawn("ingest", "services.ingest", {
-            "QUARRY_INGEST_HOST": "127.0.0.1",
-            "QUARRY_INGEST_PORT": "0",
-            "QUARRY_INGEST_PORT_FILE": str(port_file),
-            "QUARRY_INGEST_FILES_ADDR": self.addresses["files"],
-            "QUARRY_INGEST_DENSE_ADDR": self.addresses["dense"],
-            "QUARRY_INGEST_SPARSE_ADDR": self.addresses["sparse"],
+        ingest = self._start_service("ingest", {
+            f"QUARRY_INGEST_{name.upper()}_ADDR": self.addresses[name] for name in ("files", "dense", "sparse")
         })
-        self._wait_port(ingest, run_dir, time.monotonic() + timeout)
+        self._wait_port(ingest, time.monotonic() + timeout)
         return ingest
 
     def _wait_gateway(self, proc: Process, deadline: float) -> None:

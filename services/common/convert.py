@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Protocol
 
 from services._proto.quarry.common.v1 import common_pb2 as pb
 from services.common.domain import And, Chunk, Condition, FilterNode, Hit, Not, Op, Or, Scalar
+from services.common.errors import InvalidArgument
 
 _OP_TO_PB = {op: getattr(pb, f"OP_{op.name}") for op in Op}
 _PB_TO_OP = {v: k for k, v in _OP_TO_PB.items()}
 
 
-class InvalidFilterError(ValueError):
+class InvalidFilterError(InvalidArgument, ValueError):
     """A filter message that cannot be turned into a filter tree."""
+
+
+class InvalidChunkError(InvalidArgument, ValueError):
+    """A chunk message whose metadata is not a JSON object."""
 
 
 def value_to_pb(value: Scalar) -> pb.Value:
@@ -64,6 +70,18 @@ def filter_from_pb(message: pb.Filter) -> FilterNode:
     raise InvalidFilterError("empty filter node")
 
 
+class _HasFilter(Protocol):
+    has_filter: bool
+
+    @property
+    def filter(self) -> pb.Filter: ...
+
+
+def request_filter(request: _HasFilter) -> FilterNode | None:
+    """The filter of a search request (``has_filter`` tells an absent filter from an empty one)."""
+    return filter_from_pb(request.filter) if request.has_filter else None
+
+
 def chunk_to_pb(chunk: Chunk) -> pb.Chunk:
     return pb.Chunk(
         id=chunk.id,
@@ -81,14 +99,27 @@ def chunk_to_pb(chunk: Chunk) -> pb.Chunk:
     )
 
 
+def _metadata(raw: str) -> dict[str, object]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidChunkError(f"chunk metadata_json is not JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise InvalidChunkError("chunk metadata_json must be a JSON object")
+    return value
+
+
 def chunk_from_pb(message: pb.Chunk) -> Chunk:
+    """Raises ``InvalidChunkError`` when the metadata is not a JSON object."""
     return Chunk(
         id=message.id,
         index_id=message.index_id,
         file_id=message.file_id,
         file_name=message.file_name,
         content=message.content,
-        metadata=json.loads(message.metadata_json) if message.metadata_json else {},
+        metadata=_metadata(message.metadata_json),  # type: ignore[arg-type]
         chunk_index=message.chunk_index,
         start_char=message.start_char,
         end_char=message.end_char,

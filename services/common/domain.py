@@ -6,12 +6,15 @@ client wrappers touch generated protobuf messages (see ``services.common.convert
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeAlias
+
+from services.common.errors import InvalidArgument
 
 Scalar: TypeAlias = str | float | bool
 MetaValue: TypeAlias = str | int | float | bool | None | list[str | int | float | bool]
@@ -118,6 +121,21 @@ def chunk_id(file_id: str, version: int, index: int) -> str:
     """
     digest = hashlib.sha256(f"{file_id}:{version}:{index}".encode()).hexdigest()[:32]
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def claim_chunks(index_id: str, chunks: Sequence[Chunk]) -> list[Chunk]:
+    """The chunks of one write to ``index_id``: each needs an id; one without an index id takes
+    ``index_id``, one naming another index is refused (INVALID_ARGUMENT)."""
+    if not index_id:
+        raise InvalidArgument("index_id is required")
+    claimed = []
+    for chunk in chunks:
+        if not chunk.id:
+            raise InvalidArgument("every chunk needs an id")
+        if chunk.index_id and chunk.index_id != index_id:
+            raise InvalidArgument(f"chunk {chunk.id} belongs to index {chunk.index_id!r}, not {index_id!r}")
+        claimed.append(chunk if chunk.index_id else dataclasses.replace(chunk, index_id=index_id))
+    return claimed
 
 
 def is_number(value: object) -> bool:

@@ -60,10 +60,9 @@ def mapped(method: _M) -> _M:
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except (QuarryError, TimeoutError) as exc:
-            await abort_for(context, exc)
         except Exception as exc:
-            log.exception("%s failed", method.__name__)
+            if not isinstance(exc, QuarryError | TimeoutError):
+                log.exception("%s failed", method.__name__)
             await abort_for(context, exc)
 
     return wrapper  # type: ignore[return-value]

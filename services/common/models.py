@@ -67,6 +67,8 @@ class EncoderModel:
         self.batch_size = batch_size
         out = self._session.get_outputs()[0]
         self.dim = int(out.shape[-1]) if isinstance(out.shape[-1], int) else 0
+        # One inference at a time: onnxruntime already spreads a batch over every core, and concurrent
+        # runs on 2-core machines only fight for them.
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> list[Encoding]:

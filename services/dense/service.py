@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from services.common.domain import Chunk, FilterNode, Hit
+from services.common.domain import Chunk, FilterNode, Hit, claim_chunks
 from services.common.errors import InvalidArgument
 from services.dense.ports import Embedder, VectorIndex
 
@@ -45,13 +44,7 @@ class DenseService:
 
     async def upsert(self, index_id: str, chunks: Sequence[Chunk]) -> int:
         """Embed the chunks' content in batches and write each batch; returns how many were written."""
-        _require(index_id, "index_id")
-        prepared = []
-        for chunk in chunks:
-            _require(chunk.id, "chunk id")
-            if chunk.index_id and chunk.index_id != index_id:
-                raise InvalidArgument(f"chunk {chunk.id} belongs to index {chunk.index_id}, not {index_id}")
-            prepared.append(chunk if chunk.index_id else dataclasses.replace(chunk, index_id=index_id))
+        prepared = claim_chunks(index_id, chunks)
         for start in range(0, len(prepared), self._batch):
             batch = prepared[start : start + self._batch]
             vectors = await self.embed([c.content for c in batch])

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import grpc
 
 from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
-from services.common.convert import InvalidFilterError, chunk_from_pb, filter_from_pb, hit_to_pb
-from services.common.errors import InvalidArgument, mapped
+from services.common.convert import chunk_from_pb, hit_to_pb, request_filter
+from services.common.errors import mapped
 from services.dense.service import DenseService
 
 SERVICE_NAME = dense_pb2.DESCRIPTOR.services_by_name["DenseSearch"].full_name
@@ -34,26 +34,14 @@ class DenseSearchServicer(dense_pb2_grpc.DenseSearchServicer):
     async def Upsert(self, request: dense_pb2.UpsertRequest,
                      context: grpc.aio.ServicerContext) -> dense_pb2.UpsertResponse:
         """Embed and write chunks (idempotent by chunk id)."""
-        try:
-            chunks = [chunk_from_pb(c) for c in request.chunks]
-        except ValueError as exc:
-            raise InvalidArgument("chunk metadata_json must be a JSON object") from exc
-        if any(not isinstance(c.metadata, dict) for c in chunks):
-            raise InvalidArgument("chunk metadata_json must be a JSON object")
-        n = await self._service.upsert(request.index_id, chunks)
+        n = await self._service.upsert(request.index_id, [chunk_from_pb(c) for c in request.chunks])
         return dense_pb2.UpsertResponse(upserted=n)
 
     @mapped
     async def Search(self, request: dense_pb2.SearchRequest,
                      context: grpc.aio.ServicerContext) -> dense_pb2.SearchResponse:
         """Nearest chunks to the embedded query, filtered in the engine."""
-        flt = None
-        if request.has_filter:
-            try:
-                flt = filter_from_pb(request.filter)
-            except InvalidFilterError as exc:
-                raise InvalidArgument(str(exc)) from exc
-        result = await self._service.search(request.index_id, request.query, request.top_k, flt)
+        result = await self._service.search(request.index_id, request.query, request.top_k, request_filter(request))
         return dense_pb2.SearchResponse(
             hits=[hit_to_pb(h) for h in result.hits],
             embed_seconds=result.embed_seconds,

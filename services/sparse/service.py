@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.common.domain import Chunk, FilterNode, Hit
+from services.common.domain import Chunk, FilterNode, Hit, claim_chunks
 from services.sparse.errors import InvalidRequest
 from services.sparse.ports import KeywordIndex
 
@@ -45,16 +44,7 @@ class SparseService:
 
         A chunk without an index id takes the request's; one naming another index is refused.
         """
-        index_id = self._index_id(index_id)
-        ready: list[Chunk] = []
-        for chunk in chunks:
-            if not chunk.id:
-                raise InvalidRequest("every chunk needs an id")
-            if chunk.index_id and chunk.index_id != index_id:
-                raise InvalidRequest(
-                    f"chunk {chunk.id} belongs to index {chunk.index_id!r}, not {index_id!r}"
-                )
-            ready.append(chunk if chunk.index_id else dataclasses.replace(chunk, index_id=index_id))
+        ready = claim_chunks(index_id, chunks)
         async with asyncio.timeout(self._budget(remaining)):
             await self._index.upsert(index_id, ready)
         return len(ready)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
-from services.common.convert import InvalidFilterError, chunk_from_pb, filter_from_pb, hit_to_pb
-from services.common.domain import Chunk, FilterNode
+from services.common.convert import chunk_from_pb, hit_to_pb, request_filter
 from services.common.errors import mapped
 from services.common.grpc_server import Register
-from services.sparse.errors import InvalidFilter, InvalidRequest
 from services.sparse.service import SparseService
 
 SERVICE_NAME: str = sparse_pb2.DESCRIPTOR.services_by_name["SparseSearch"].full_name
@@ -20,25 +16,6 @@ SERVICE_NAME: str = sparse_pb2.DESCRIPTOR.services_by_name["SparseSearch"].full_
 def _remaining(context: grpc.aio.ServicerContext) -> float | None:
     remaining: float | None = context.time_remaining()
     return remaining
-
-
-def _chunks(request: sparse_pb2.UpsertRequest) -> list[Chunk]:
-    try:
-        chunks = [chunk_from_pb(c) for c in request.chunks]
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"chunk metadata_json is not JSON: {exc.msg}") from exc
-    if any(not isinstance(c.metadata, dict) for c in chunks):
-        raise InvalidRequest("chunk metadata_json must be a JSON object")
-    return chunks
-
-
-def _filter(request: sparse_pb2.SearchRequest) -> FilterNode | None:
-    if not request.has_filter:
-        return None
-    try:
-        return filter_from_pb(request.filter)
-    except InvalidFilterError as exc:
-        raise InvalidFilter(str(exc)) from exc
 
 
 class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
@@ -53,7 +30,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.UpsertResponse:
         """Write chunks; idempotent by chunk id."""
         written = await self._service.upsert(
-            request.index_id, _chunks(request), remaining=_remaining(context)
+            request.index_id, [chunk_from_pb(c) for c in request.chunks], remaining=_remaining(context)
         )
         return sparse_pb2.UpsertResponse(upserted=written)
 
@@ -63,7 +40,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.SearchResponse:
         """BM25 top-k with the filter applied in the engine; ``search_seconds`` is engine time."""
         result = await self._service.search(
-            request.index_id, request.query, request.top_k, _filter(request), remaining=_remaining(context)
+            request.index_id, request.query, request.top_k, request_filter(request), remaining=_remaining(context)
         )
         return sparse_pb2.SearchResponse(
             hits=[hit_to_pb(h) for h in result.hits], search_seconds=result.seconds

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.common.domain import Chunk, FilterNode, Hit
+from services.common.errors import InvalidArgument
 from services.sparse.adapters.tantivy import TantivyKeywordIndex
 from services.sparse.bootstrap import bootstrap
 from services.sparse.errors import InvalidRequest, NotImplementedBackend
@@ -68,7 +69,7 @@ async def test_drop_reports_how_many_chunks_it_held(service: SparseService) -> N
     ],
 )
 async def test_invalid_requests_are_refused(service: SparseService, call) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidArgument):  # INVALID_ARGUMENT over gRPC
         await call(service)
 
 
