@@ -41,14 +41,14 @@ class Client:
         return response.json() if response.content else None
 
     def index_by_name(self, name: str) -> dict[str, Any] | None:
-        token = None
+        params: dict[str, Any] = {"page_size": 100}
         while True:
-            page = self.call("GET", "/api/v1/indexes", params={"page_size": 100, **({"page_token": token} if token else {})})
+            page = self.call("GET", "/api/v1/indexes", params=params)
             for item in page["items"]:
                 if item["name"] == name:
                     return item  # type: ignore[no-any-return]
-            token = page.get("next_page_token")
-            if not token:
+            params["page_token"] = page.get("next_page_token")
+            if not params["page_token"]:
                 return None
 
     def ingest(self, paths: list[Path], index_name: str, *, show: bool = True) -> dict[str, Any]:

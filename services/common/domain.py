@@ -17,7 +17,7 @@ from typing import TypeAlias
 from services.common.errors import InvalidArgument
 
 Scalar: TypeAlias = str | float | bool
-MetaValue: TypeAlias = str | int | float | bool | None | list[str | int | float | bool]
+MetaValue: TypeAlias = str | int | float | bool | list[str | int | float | bool] | None
 
 #: The filter field that addresses a chunk's parsed file id rather than user metadata.
 FILE_ID_FIELD = "$file_id"

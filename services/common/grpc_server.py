@@ -102,10 +102,15 @@ async def start_server(
     await running.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     running.start_health_watch()
     if settings.port_file:
-        tmp = Path(settings.port_file + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(settings.port_file)
+        _write_port_file(settings.port_file, port)
     return running
+
+
+def _write_port_file(path: str, port: int) -> None:
+    """Atomically publish the bound port (once, at start-up) for a launcher that asked for port 0."""
+    tmp = Path(path + ".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(path)
 
 
 async def serve(

@@ -156,14 +156,14 @@ class FilesService:
         self,
         project_id: str,
         directory_id: str,
-        flt: d.FileFilter = d.FileFilter(),
+        flt: d.FileFilter | None = None,
         *,
         page_size_: int = 0,
         page_token: str = "",
     ) -> d.ResultPage[d.DirectoryFile]:
         limit = page_size(page_size_)
         return await self.catalog.list_directory_files(
-            project_id, directory_id, flt, limit, decode_cursor(page_token)
+            project_id, directory_id, flt or d.FileFilter(), limit, decode_cursor(page_token)
         )
 
     async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None:

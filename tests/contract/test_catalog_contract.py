@@ -106,7 +106,7 @@ async def _run_job(svc: FilesService, worker: str, texts: dict[str, str]) -> str
     for item in await svc.list_job_items(job.id):
         if item.action == "upsert":
             f, content = await svc.get_source_file(item.source_file_id)
-            parsed_id, version = await svc.prepare_parsed_file(job.index_id, item.source_file_id)
+            _, version = await svc.prepare_parsed_file(job.index_id, item.source_file_id)
             assert version == f.version
             body = texts.get(f.display_name, content.decode())
             await svc.complete_job_item(job.id, worker, item.source_file_id, text=body, chunk_count=1)

@@ -286,13 +286,15 @@ def test_unknown_index_and_file_are_404(client: LlamaCloud, index: Any, file_ids
 
 def test_bad_input_is_422_naming_the_field(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
     with pytest.raises(llama_cloud.UnprocessableEntityError) as err:
-        client.retrieval.retrieve(index_id=index.id, query="x", custom_filters={"year": {"operator": "like", "value": 1}})
+        client.retrieval.retrieve(index_id=index.id, query="x",
+                                  custom_filters={"year": {"operator": "like", "value": 1}})
     assert "custom_filters" in json.dumps(err.value.body)
     with pytest.raises(llama_cloud.UnprocessableEntityError) as err:
         client.retrieval.retrieve(index_id=index.id, query="x", vector_pipeline_weight=1.5)
     assert "vector_pipeline_weight" in json.dumps(err.value.body)
     with pytest.raises(llama_cloud.UnprocessableEntityError) as err:
-        client.retrieval.retrieve(index_id=index.id, query="x", custom_filters={"year": {"operator": "gt", "value": "soon"}})
+        client.retrieval.retrieve(index_id=index.id, query="x",
+                                  custom_filters={"year": {"operator": "gt", "value": "soon"}})
     assert "year" in json.dumps(err.value.body)
     with pytest.raises((llama_cloud.UnprocessableEntityError, llama_cloud.BadRequestError)) as err2:
         list(client.retrieval.grep(index_id=index.id, file_id=file_ids["rust.md"], pattern="(unclosed"))

@@ -22,7 +22,8 @@ def test_each_field_becomes_a_condition_and_null_fields_are_ignored() -> None:
 
 
 def test_range_list_form_is_an_and_of_bounds() -> None:
-    nodes = compile_custom_filters({"year": [RangeBound(operator="gte", value=2020), RangeBound(operator="lt", value=2023)]})
+    bounds = [RangeBound(operator="gte", value=2020), RangeBound(operator="lt", value=2023)]
+    nodes = compile_custom_filters({"year": bounds})
     assert conjunction(nodes) == And((Condition("year", Op.GTE, (2020.0,)), Condition("year", Op.LT, (2023.0,))))
 
 
@@ -56,7 +57,9 @@ def test_unknown_operator_is_rejected_by_the_model() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError) as err:
-        RetrieveRequest.model_validate({"index_id": "i", "query": "q", "custom_filters": {"a": {"operator": "like", "value": "x"}}})
+        RetrieveRequest.model_validate(
+            {"index_id": "i", "query": "q", "custom_filters": {"a": {"operator": "like", "value": "x"}}}
+        )
     assert "custom_filters" in str(err.value)
 
 
