@@ -15,7 +15,7 @@ from gateway import errors
 from gateway.auth import Authenticator
 from gateway.backends import Backends
 from gateway.cache import Cache, LruCache, RedisCache
-from gateway.routes import catalog, retrieval
+from gateway.routes import catalog, media, pipelines, retrieval
 from gateway.settings import GatewaySettings
 from services.common.logging import request_id
 
@@ -48,6 +48,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     errors.register(app)
     app.include_router(retrieval.router)
     app.include_router(catalog.router)
+    app.include_router(pipelines.router)
+    app.include_router(media.router)
 
     @app.middleware("http")
     async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

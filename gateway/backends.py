@@ -21,7 +21,7 @@ from services._proto.quarry.rerank.v1 import rerank_pb2, rerank_pb2_grpc
 from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.common.channels import channel
 from services.common.convert import filter_to_pb, hit_from_pb
-from services.common.domain import FilterNode, Hit
+from services.common.domain import FilterNode, Hit, files_index_id
 
 
 @dataclass
@@ -92,9 +92,11 @@ class Backends:
         return list(response.scores)
 
     async def drop_index(self, index_id: str, timeout: float) -> None:
+        """Drop an index's chunks and its file cards (``files_index_id``) from both engines."""
+        ids = (index_id, files_index_id(index_id))
         await asyncio.gather(
-            self.dense.DropIndex(dense_pb2.DropIndexRequest(index_id=index_id), timeout=timeout),
-            self.sparse.DropIndex(sparse_pb2.DropIndexRequest(index_id=index_id), timeout=timeout),
+            *(self.dense.DropIndex(dense_pb2.DropIndexRequest(index_id=i), timeout=timeout) for i in ids),
+            *(self.sparse.DropIndex(sparse_pb2.DropIndexRequest(index_id=i), timeout=timeout) for i in ids),
         )
 
     async def health(self, timeout: float = 1.0) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Compile the v2 ``custom_filters`` / ``static_filters`` into the internal filter tree.
+"""Compile the v2 ``custom_filters`` / ``static_filters`` and the legacy ``MetadataFilters`` tree
+into the internal filter tree.
 
 Pure functions; they never mutate their input. A filter that cannot mean anything (a range
 operator on a string, a list for ``eq``) raises ``FilterError`` with the location of the
@@ -9,10 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from gateway.legacy_models import MetadataFilter, MetadataFilters
 from gateway.models import CustomFilter, RangeBound, StaticFilters, StrFilter
-from services.common.domain import FILE_ID_FIELD, RANGE_OPS, And, Condition, FilterNode, Op, Scalar, is_number
+from services.common.domain import (
+    FILE_ID_FIELD,
+    RANGE_OPS,
+    And,
+    Condition,
+    FilterNode,
+    Not,
+    Op,
+    Or,
+    Scalar,
+    is_number,
+)
 
-_LIST_OPS = frozenset({Op.IN, Op.NIN})
+_LIST_OPS = frozenset({Op.IN, Op.NIN, Op.ANY, Op.ALL})
+_TEXT_OPS = frozenset({Op.TEXT_MATCH, Op.TEXT_MATCH_INSENSITIVE})
+_LEGACY_OPS = {
+    "==": Op.EQ, "!=": Op.NE, ">": Op.GT, "<": Op.LT, ">=": Op.GTE, "<=": Op.LTE, "in": Op.IN, "nin": Op.NIN,
+    "any": Op.ANY, "all": Op.ALL, "contains": Op.CONTAINS, "text_match": Op.TEXT_MATCH,
+    "text_match_insensitive": Op.TEXT_MATCH_INSENSITIVE, "is_empty": Op.IS_EMPTY,
+}
 
 
 class FilterError(ValueError):
@@ -23,6 +42,10 @@ class FilterError(ValueError):
 
 
 def _condition(field: str, op: Op, value: object, loc: tuple[str | int, ...]) -> Condition:
+    if op is Op.IS_EMPTY:
+        return Condition(field, op, ())
+    if value is None or (isinstance(value, list) and any(v is None for v in value)):
+        raise FilterError((*loc, "value"), f"operator {op.value} needs a value, not null")
     if op in _LIST_OPS:
         values = list(value) if isinstance(value, list) else [value]
         if not values:
@@ -33,6 +56,8 @@ def _condition(field: str, op: Op, value: object, loc: tuple[str | int, ...]) ->
         values = [value]
     if op in RANGE_OPS and not all(is_number(v) for v in values):
         raise FilterError((*loc, "value"), f"operator {op.value} needs a number")
+    if op in _TEXT_OPS and not all(isinstance(v, str) and v.strip() for v in values):
+        raise FilterError((*loc, "value"), f"operator {op.value} needs a non-empty string")
     return Condition(field, op, tuple(_scalar(v) for v in values))
 
 
@@ -51,8 +76,7 @@ def compile_custom_filters(
     nodes: list[FilterNode] = []
     for field, spec in (custom or {}).items():
         loc: tuple[str | int, ...] = ("body", "custom_filters", field)
-        if not field or field.startswith("$"):
-            raise FilterError(loc, "metadata field names must be non-empty and not start with '$'")
+        _check_field(field, loc)
         if spec is None:
             continue
         if isinstance(spec, list):
@@ -72,6 +96,38 @@ def compile_static_filters(static: StaticFilters | None) -> list[FilterNode]:
     if op in RANGE_OPS:
         raise FilterError((*loc, "operator"), "file ids support eq, ne, in and nin")
     return [_condition(FILE_ID_FIELD, op, spec.value, loc)]
+
+
+def _check_field(field: str, loc: tuple[str | int, ...]) -> None:
+    if not field or field.startswith("$"):
+        raise FilterError(loc, "metadata field names must be non-empty and not start with '$'")
+
+
+def compile_metadata_filters(
+    tree: MetadataFilters | None, loc: tuple[str | int, ...] = ("body", "search_filters")
+) -> FilterNode | None:
+    """The legacy ``MetadataFilters`` tree: ``and`` (the default), ``or``, and ``not`` (none of
+    the filters match, as in LlamaIndex); a filter without an operator means ``==``."""
+    if tree is None:
+        return None
+    children: list[FilterNode] = []
+    for i, item in enumerate(tree.filters):
+        item_loc = (*loc, "filters", i)
+        if isinstance(item, MetadataFilters):
+            child = compile_metadata_filters(item, item_loc)
+            if child is not None:
+                children.append(child)
+            continue
+        assert isinstance(item, MetadataFilter)
+        _check_field(item.key, (*item_loc, "key"))
+        children.append(_condition(item.key, _LEGACY_OPS[item.operator or "=="], item.value, item_loc))
+    if not children:
+        return None
+    if tree.condition == "not":
+        return Not(children[0] if len(children) == 1 else Or(tuple(children)))
+    if tree.condition == "or":
+        return children[0] if len(children) == 1 else Or(tuple(children))
+    return conjunction(children)
 
 
 def conjunction(nodes: Sequence[FilterNode]) -> FilterNode | None:

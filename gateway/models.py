@@ -223,6 +223,14 @@ class DirectoryFile(_Response):
     updated_at: str | None = None
 
 
+class DirectoryFileAdd(_Request):
+    file_id: str = Field(min_length=1)
+    display_name: str | None = None
+    unique_id: str | None = None
+    # An object, or (as the upload form sends it) a JSON-object string.
+    metadata: dict[str, Any] | str | None = None
+
+
 class DirectoryFilePage(_Response):
     items: list[DirectoryFile]
     next_page_token: str | None = None

@@ -39,6 +39,8 @@ class Plan:
     rerank_depth: int
     score_threshold: float | None
     filter: FilterNode | None
+    #: Legacy ``dense_similarity_cutoff``: dense hits below this similarity are dropped before fusion.
+    dense_cutoff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
     legs, degraded = await run_legs(backends, plan, budget)
     empty = LegResult([], 0.0)
     dense, sparse = legs.get("dense", empty), legs.get("sparse", empty)
+    if plan.dense_cutoff is not None:
+        dense = LegResult([h for h in dense.hits if h.score >= plan.dense_cutoff], dense.seconds, dense.embed_seconds)
     latency = {"dense": dense.seconds, "dense_embed": dense.embed_seconds, "sparse": sparse.seconds}
     t0 = time.perf_counter()
     # Only the legs that answered are weighted, so a lone surviving leg keeps its full [0, 1] range.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,16 @@ class GatewaySettings(BaseSettings):
     catalog_timeout_seconds: float = Field(default=5.0, gt=0)
     auth_cache_seconds: float = Field(default=10.0, ge=0)
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    # Legacy files_* modes return whole files: longer texts are cut here.
+    max_file_node_chars: int = Field(default=2_000_000, gt=0)
+    # Page screenshot nodes per legacy retrieve.
+    max_image_nodes: int = Field(default=20, ge=0)
+    # HMAC key of attachment URLs; unset: a random key per process (set one shared key when the
+    # gateway runs as several replicas, or URLs signed by one replica fail on the others).
+    signing_key: SecretStr | None = None
+    attachment_url_ttl_seconds: int = Field(default=3600, gt=0)
+    # The gateway's external URL for links it hands out (attachment URLs); unset: the request's.
+    public_url: str | None = None
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     defaults: RetrievalDefaults = Field(default_factory=RetrievalDefaults)

@@ -159,6 +159,19 @@ async def list_directory_files(
     )
 
 
+@router.get("/beta/directories/{directory_id}/files/{directory_file_id}", response_model=models.DirectoryFile)
+async def get_directory_file(
+    directory_id: str, directory_file_id: str, request: Request, project: Project
+) -> models.DirectoryFile:
+    f = await _files(request).GetDirectoryFile(
+        files_pb2.GetDirectoryFileRequest(
+            project_id=project.id, directory_id=directory_id, directory_file_id=directory_file_id
+        ),
+        timeout=_timeout(request),
+    )
+    return shaping.directory_file(f)
+
+
 @router.delete("/beta/directories/{directory_id}/files/{directory_file_id}", status_code=204)
 async def delete_directory_file(
     directory_id: str, directory_file_id: str, request: Request, project: Project
@@ -175,12 +188,44 @@ async def delete_directory_file(
 # ---- indexes ----------------------------------------------------------------------------------
 
 
+@router.post("/beta/directories/{directory_id}/files", response_model=models.DirectoryFile)
+async def add_directory_file(
+    directory_id: str, body: models.DirectoryFileAdd, request: Request, project: Project
+) -> Response | models.DirectoryFile:
+    """Put a file uploaded with ``POST /api/v1/beta/files`` into a directory (bytes shared)."""
+    raw = json.dumps(body.metadata) if isinstance(body.metadata, dict) else body.metadata
+    meta = _metadata_json(raw)
+    if isinstance(meta, JSONResponse):
+        return meta
+    f = await _files(request).AddDirectoryFile(
+        files_pb2.AddDirectoryFileRequest(
+            project_id=project.id, directory_id=directory_id, source_directory_file_id=body.file_id,
+            display_name=body.display_name or "", unique_id=body.unique_id or "", metadata_json=meta,
+        ),
+        timeout=_timeout(request),
+    )
+    return shaping.directory_file(f)
+
+
+def _index_config(body: models.IndexCreate) -> str | JSONResponse:
+    """``store_attachments``: page screenshots are the attachments Quarry stores."""
+    screenshots = False
+    for i, kind in enumerate(body.store_attachments or []):
+        if "screenshot" not in kind.lower():
+            return field_error(("body", "store_attachments", i), "Quarry stores page screenshots only")
+        screenshots = True
+    return json.dumps({"page_screenshots": screenshots})
+
+
 @router.post("/indexes", response_model=models.Index)
-async def create_index(body: models.IndexCreate, request: Request, project: Project) -> models.Index:
+async def create_index(body: models.IndexCreate, request: Request, project: Project) -> Response | models.Index:
+    config = _index_config(body)
+    if isinstance(config, JSONResponse):
+        return config
     i = await _files(request).CreateIndex(
         files_pb2.CreateIndexRequest(
             project_id=project.id, name=body.name or "", description=body.description or "",
-            source_directory_id=body.source_directory_id,
+            source_directory_id=body.source_directory_id, config_json=config,
         ),
         timeout=_timeout(request),
     )

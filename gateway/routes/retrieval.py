@@ -15,9 +15,12 @@ from gateway.backends import Budget
 from gateway.cache import cache_key
 from gateway.errors import field_error
 from gateway.filters import compile_custom_filters, compile_static_filters, conjunction
+from gateway.pipelines import index_config
 from gateway.retrieval import Outcome, Plan, retrieve
+from gateway.routes.media import ATTACHMENT_TYPE, attachment_name
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
+from services.common.domain import Chunk
 
 router = APIRouter(prefix="/api/v1/retrieval", tags=["retrieval"])
 Project = Annotated[files_pb2.Project, Depends(current_project)]
@@ -55,7 +58,32 @@ def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
     )
 
 
-def shape(outcome: Outcome) -> models.RetrieveResponse:
+async def stored_pages(request: Request, project_id: str, index: files_pb2.Index,
+                       outcome: Outcome) -> set[tuple[str, int]]:
+    """(file id, page index) of the results' stored page screenshots; empty when the index keeps none."""
+    if not outcome.results or not index_config(index).get("page_screenshots"):
+        return set()
+    settings: GatewaySettings = request.app.state.settings
+    file_ids = list(dict.fromkeys(r.fused.chunk.file_id for r in outcome.results))
+    listing = await request.app.state.backends.files.ListPageImages(
+        files_pb2.ListPageImagesRequest(project_id=project_id, file_ids=file_ids),
+        timeout=settings.catalog_timeout_seconds,
+    )
+    return {(i.file_id, i.page_index) for i in listing.items}
+
+
+def _attachments(chunk: Chunk, pages: set[tuple[str, int]]) -> list[models.Attachment] | None:
+    if chunk.page_start <= 0:
+        return None
+    found = [
+        models.Attachment(attachment_name=attachment_name(p - 1), source_id=chunk.file_id, type=ATTACHMENT_TYPE)
+        for p in range(chunk.page_start, max(chunk.page_start, chunk.page_end) + 1)
+        if (chunk.file_id, p - 1) in pages
+    ]
+    return found or None
+
+
+def shape(outcome: Outcome, pages: set[tuple[str, int]] | None = None) -> models.RetrieveResponse:
     results = []
     for r in outcome.results:
         c = r.fused.chunk
@@ -74,6 +102,7 @@ def shape(outcome: Outcome) -> models.RetrieveResponse:
                     # 0 means "no pages" (non-PDF files)
                     page_range_start=c.page_start or None,
                     page_range_end=c.page_end or None,
+                    attachments=_attachments(c, pages or set()),
                 ),
                 dense_score=r.fused.dense_score,
                 sparse_score=r.fused.sparse_score,
@@ -107,7 +136,7 @@ async def retrieve_route(body: models.RetrieveRequest, request: Request, project
         payload["latency"] = {"total": time.perf_counter() - started}
         return JSONResponse(payload)
     outcome = await retrieve(request.app.state.backends, plan, budget)
-    response = shape(outcome)
+    response = shape(outcome, await stored_pages(request, project.id, index, outcome))
     response.latency = {**(response.latency or {}), "total": time.perf_counter() - started}
     payload = response.model_dump(mode="json")
     if not outcome.degraded:  # never cache a degraded answer

@@ -96,6 +96,7 @@ def chunk_to_pb(chunk: Chunk) -> pb.Chunk:
         token_count=chunk.token_count,
         page_start=chunk.page_start,
         page_end=chunk.page_end,
+        source_id=chunk.source_id,
     )
 
 
@@ -126,6 +127,7 @@ def chunk_from_pb(message: pb.Chunk) -> Chunk:
         token_count=message.token_count,
         page_start=message.page_start,
         page_end=message.page_end,
+        source_id=message.source_id,
     )
 
 

@@ -23,6 +23,22 @@ MetaValue: TypeAlias = str | int | float | bool | list[str | int | float | bool]
 FILE_ID_FIELD = "$file_id"
 
 
+#: The content type of a pipeline document's text: always parsed as plain text, whatever its id
+#: (the display name) looks like ("notes.html" is a document id, not an HTML file).
+DOCUMENT_CONTENT_TYPE = "text/x-quarry-document"
+
+
+def files_index_id(index_id: str) -> str:
+    """The companion index that holds one "file card" per file of ``index_id`` (its name and
+    metadata as text), searched by the legacy ``files_via_metadata`` retrieval mode."""
+    return f"{index_id}.files"
+
+
+def file_card_id(parsed_file_id: str) -> str:
+    """A file card's chunk id: version 0 never collides with a content chunk (versions start at 1)."""
+    return chunk_id(parsed_file_id, 0, 0)
+
+
 class Op(StrEnum):
     """Filter operators. The v2 API uses the first eight; the legacy tree uses them all."""
 
@@ -103,6 +119,8 @@ class Chunk:
     token_count: int = 0
     page_start: int = 0
     page_end: int = 0
+    #: The source file's unique_id (a pipeline document's id, for one).
+    source_id: str = ""
 
     def metadata_json(self) -> str:
         return json.dumps(dict(self.metadata), separators=(",", ":"), sort_keys=True)

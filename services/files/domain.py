@@ -10,6 +10,15 @@ T = TypeVar("T")
 
 ACTIVE_JOB_STATUSES = ("pending", "running")
 
+INDEX_KINDS = ("index", "pipeline")
+
+# Where one source file of an index stands (GetFileStatus).
+FILE_NOT_STARTED = "NOT_STARTED"
+FILE_IN_PROGRESS = "IN_PROGRESS"
+FILE_SUCCESS = "SUCCESS"
+FILE_ERROR = "ERROR"
+FILE_CANCELLED = "CANCELLED"
+
 
 @dataclass(frozen=True)
 class Project:
@@ -47,6 +56,8 @@ class DirectoryFile:
     content_type: str
     created_at: datetime
     updated_at: datetime
+    # The file's bytes, only when asked for (include_content); b"" otherwise.
+    content: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,10 @@ class Index:
     last_synced_at: datetime | None
     metadata_json: str
     last_job: Job | None = None
+    kind: str = "index"
+    config_json: str = "{}"
+    # Items of ``last_job`` whose error is non-empty.
+    last_job_failed_items: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,38 @@ class JobItem:
     parsed_file_id: str
     chunk_count: int
     error: str
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """The parsed-file row a worker writes into, and the index settings it parses under."""
+
+    parsed_file_id: str
+    version: int
+    index_config_json: str
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """Where one source file of an index stands; ``job_id`` is the job the status comes from."""
+
+    status: str
+    error: str
+    job_id: str
+    file: DirectoryFile
+
+
+@dataclass(frozen=True)
+class PageImage:
+    """A page screenshot of a parsed file (0-based ``page_index``); ``content`` is b"" in listings."""
+
+    file_id: str
+    page_index: int
+    content: bytes
+    content_type: str
+    width: int
+    height: int
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -151,6 +198,14 @@ class FileFilter:
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """One file of a directory: by its directory-file id or by its unique_id (exactly one is set)."""
+
+    id: str = ""
+    unique_id: str = ""
+
+
+@dataclass(frozen=True)
 class UploadSpec:
     """What UploadFile writes (already validated: metadata_json is a JSON object)."""
 
@@ -159,4 +214,15 @@ class UploadSpec:
     content_type: str
     unique_id: str
     external_file_id: str
+    metadata_json: str
+
+
+@dataclass(frozen=True)
+class AddSpec:
+    """What AddDirectoryFile writes (metadata_json validated); an empty display_name or unique_id
+    takes the source's display_name or its directory-file id."""
+
+    source_directory_file_id: str
+    display_name: str
+    unique_id: str
     metadata_json: str

@@ -11,15 +11,20 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from services.files.domain import (
+    AddSpec,
     Directory,
     DirectoryFile,
     FileFilter,
+    FileRef,
+    FileStatus,
     FoundFile,
     Index,
     Job,
     JobItem,
     Page,
+    PageImage,
     ParsedText,
+    PreparedFile,
     Project,
     ResultPage,
     UploadSpec,
@@ -33,7 +38,7 @@ class Catalog(Protocol):
     """Projects, keys, directories, files, indexes, sync jobs and parsed text."""
 
     async def start(self) -> None:
-        """Create the schema if it is missing."""
+        """Bring the schema to the current version (creating it when the database is empty)."""
         ...
 
     async def ready(self) -> bool:
@@ -54,31 +59,74 @@ class Catalog(Protocol):
 
     # directories and files
     async def create_directory(self, project_id: str, name: str, description: str, type: str) -> Directory: ...
+
+    async def ensure_directory(self, project_id: str, name: str, description: str, type: str) -> Directory:
+        """The oldest directory of the project with this name and type, created when missing (race-safe)."""
+        ...
+
     async def get_directory(self, project_id: str, directory_id: str) -> Directory: ...
     async def list_directories(self, project_id: str) -> list[Directory]: ...
     async def upload_file(self, project_id: str, directory_id: str, spec: UploadSpec) -> DirectoryFile: ...
 
-    async def list_directory_files(
-        self, project_id: str, directory_id: str, flt: FileFilter, limit: int, after: Cursor | None
-    ) -> ResultPage[DirectoryFile]: ...
+    async def add_directory_file(self, project_id: str, directory_id: str, spec: AddSpec) -> DirectoryFile:
+        """Put an upload of the project into a directory, sharing its content (replace semantics as upload)."""
+        ...
 
-    async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None: ...
+    async def get_directory_file(
+        self, project_id: str, directory_id: str, ref: FileRef, include_content: bool
+    ) -> DirectoryFile: ...
+
+    async def list_directory_files(
+        self,
+        project_id: str,
+        directory_id: str,
+        flt: FileFilter,
+        limit: int,
+        after: Cursor | None,
+        include_content: bool = False,
+    ) -> ResultPage[DirectoryFile]:
+        """With ``include_content`` a page may hold fewer than ``limit`` items: it stops at a byte budget."""
+        ...
+
+    async def delete_directory_file(self, project_id: str, directory_id: str, ref: FileRef) -> None: ...
 
     # indexes and syncs
     async def create_index(
-        self, project_id: str, name: str, description: str, source_directory_id: str, metadata_json: str
+        self,
+        project_id: str,
+        name: str,
+        description: str,
+        source_directory_id: str,
+        metadata_json: str,
+        config_json: str = "{}",
     ) -> Index: ...
+
+    async def upsert_pipeline(self, project_id: str, name: str, config_json: str) -> Index:
+        """Get or create the project's pipeline (an index of kind "pipeline" with its own source
+        directory) called ``name``; an existing one gets ``config_json``. Race-safe."""
+        ...
 
     async def get_index(self, project_id: str, index_id: str) -> Index: ...
 
     async def list_indexes(
-        self, project_id: str, source_directory_id: str, limit: int, after: Cursor | None
+        self,
+        project_id: str,
+        source_directory_id: str,
+        limit: int,
+        after: Cursor | None,
+        name: str = "",
+        kind: str = "",
     ) -> ResultPage[Index]: ...
 
     async def delete_index(self, project_id: str, index_id: str) -> Index: ...
-    async def start_sync(self, project_id: str, index_id: str) -> Job: ...
+
+    async def start_sync(self, project_id: str, index_id: str) -> Job:
+        """Plan a job; while one is active, request a resync (planned when it ends) and return it."""
+        ...
+
     async def cancel_sync(self, project_id: str, index_id: str) -> Job: ...
     async def get_job(self, job_id: str) -> Job: ...
+    async def get_file_status(self, project_id: str, index_id: str, unique_id: str) -> FileStatus: ...
 
     # worker protocol
     async def claim_job(self, worker_id: str, lease_seconds: float, max_attempts: int) -> Job | None:
@@ -88,7 +136,7 @@ class Catalog(Protocol):
     async def renew_lease(self, job_id: str, worker_id: str, lease_seconds: float) -> Job: ...
     async def list_job_items(self, job_id: str) -> list[JobItem]: ...
     async def get_source_file(self, source_file_id: str) -> tuple[DirectoryFile, bytes]: ...
-    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> tuple[str, int]: ...
+    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> PreparedFile: ...
 
     async def complete_job_item(
         self,
@@ -103,9 +151,22 @@ class Catalog(Protocol):
 
     async def finish_job(self, job_id: str, worker_id: str, status: str, error: str) -> Job: ...
 
+    async def put_page_images(
+        self, job_id: str, worker_id: str, parsed_file_id: str, images: Sequence[PageImage], replace: bool
+    ) -> None:
+        """Upsert page screenshots of a parsed file of the job's index (lease holder only)."""
+        ...
+
     # retrieval over parsed files
     async def find_files(
         self, project_id: str, index_id: str, name: str, name_contains: str, limit: int, after: Cursor | None
     ) -> ResultPage[FoundFile]: ...
 
     async def get_parsed_text(self, project_id: str, index_id: str, file_id: str) -> ParsedText: ...
+
+    # page screenshots (by parsed file id)
+    async def get_page_image(self, project_id: str, file_id: str, page_index: int) -> PageImage: ...
+
+    async def list_page_images(self, project_id: str, file_ids: Sequence[str]) -> list[PageImage]:
+        """Metadata (no bytes) of the images of those files, by (file_id, page_index)."""
+        ...

@@ -17,6 +17,14 @@ from services.files.ports import Catalog
 
 DEFAULT_LEASE_SECONDS = 60.0
 JOB_RESULT_STATUSES = ("succeeded", "failed")
+# Types a caller may create: CreateDirectory makes user-visible ones; EnsureDirectory also the
+# hidden kinds ("files": uploads made outside any directory, "pipeline": a pipeline's source).
+# "index" (an index's output directory) is only ever made by the catalog itself.
+USER_DIRECTORY_TYPES = ("user", "ephemeral")
+ENSURED_DIRECTORY_TYPES = (*USER_DIRECTORY_TYPES, "files", "pipeline")
+# A listing that carries file bytes holds at most this many files per page.
+MAX_CONTENT_PAGE_SIZE = 100
+MAX_PAGE_IMAGE_FILES = 1000
 
 
 def hash_key(api_key: str) -> str:
@@ -35,6 +43,30 @@ def json_object(value: str, field: str) -> str:
     if not isinstance(parsed, dict):
         raise InvalidArgument(f"{field} must be a JSON object")
     return json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
+
+
+def file_ref(directory_file_id: str, unique_id: str) -> d.FileRef:
+    """The file named by exactly one of its id and its unique_id."""
+    if bool(directory_file_id) == bool(unique_id):
+        raise InvalidArgument("exactly one of directory_file_id and unique_id is required")
+    return d.FileRef(id=directory_file_id, unique_id=unique_id)
+
+
+def check_page_images(images: Sequence[d.PageImage]) -> None:
+    """Each image has bytes, a content type, a page_index >= 0 and sizes >= 0; no page twice."""
+    seen: set[int] = set()
+    for n, image in enumerate(images):
+        if image.page_index < 0:
+            raise InvalidArgument(f"images[{n}].page_index must not be negative")
+        if image.page_index in seen:
+            raise InvalidArgument(f"images[{n}].page_index {image.page_index} is given twice")
+        seen.add(image.page_index)
+        if not image.content:
+            raise InvalidArgument(f"images[{n}].content is required")
+        if not image.content_type:
+            raise InvalidArgument(f"images[{n}].content_type is required")
+        if image.width < 0 or image.height < 0:
+            raise InvalidArgument(f"images[{n}].width and height must not be negative")
 
 
 def compile_pattern(pattern: str) -> re2._Regexp:
@@ -118,9 +150,18 @@ class FilesService:
         if not name:
             raise InvalidArgument("name is required")
         type = type or "user"
-        if type not in ("user", "ephemeral"):
+        if type not in USER_DIRECTORY_TYPES:
             raise InvalidArgument("type must be 'user' or 'ephemeral'")
         return await self.catalog.create_directory(project_id, name, description, type)
+
+    async def ensure_directory(self, project_id: str, name: str, description: str, type: str) -> d.Directory:
+        """Get or create the project's directory with this name and type."""
+        if not name:
+            raise InvalidArgument("name is required")
+        type = type or "user"
+        if type not in ENSURED_DIRECTORY_TYPES:
+            raise InvalidArgument(f"type must be one of {', '.join(ENSURED_DIRECTORY_TYPES)}")
+        return await self.catalog.ensure_directory(project_id, name, description, type)
 
     async def get_directory(self, project_id: str, directory_id: str) -> d.Directory:
         return await self.catalog.get_directory(project_id, directory_id)
@@ -152,6 +193,39 @@ class FilesService:
         )
         return await self.catalog.upload_file(project_id, directory_id, spec)
 
+    async def add_directory_file(
+        self,
+        project_id: str,
+        directory_id: str,
+        source_directory_file_id: str,
+        *,
+        display_name: str = "",
+        unique_id: str = "",
+        metadata_json: str = "",
+    ) -> d.DirectoryFile:
+        """Put an existing upload of the project into a directory without copying its bytes."""
+        if not source_directory_file_id:
+            raise InvalidArgument("source_directory_file_id is required")
+        spec = d.AddSpec(
+            source_directory_file_id=source_directory_file_id,
+            display_name=display_name,
+            unique_id=unique_id,
+            metadata_json=json_object(metadata_json, "metadata"),
+        )
+        return await self.catalog.add_directory_file(project_id, directory_id, spec)
+
+    async def get_directory_file(
+        self,
+        project_id: str,
+        directory_id: str,
+        *,
+        directory_file_id: str = "",
+        unique_id: str = "",
+        include_content: bool = False,
+    ) -> d.DirectoryFile:
+        ref = file_ref(directory_file_id, unique_id)
+        return await self.catalog.get_directory_file(project_id, directory_id, ref, include_content)
+
     async def list_directory_files(
         self,
         project_id: str,
@@ -160,34 +234,71 @@ class FilesService:
         *,
         page_size_: int = 0,
         page_token: str = "",
+        include_content: bool = False,
     ) -> d.ResultPage[d.DirectoryFile]:
+        """One page of a directory's files; with their bytes, at most ``MAX_CONTENT_PAGE_SIZE`` a page
+        (and fewer when their bytes pass the catalog's per-page budget)."""
         limit = page_size(page_size_)
+        if include_content:
+            limit = min(limit, MAX_CONTENT_PAGE_SIZE)
         return await self.catalog.list_directory_files(
-            project_id, directory_id, flt or d.FileFilter(), limit, decode_cursor(page_token)
+            project_id, directory_id, flt or d.FileFilter(), limit, decode_cursor(page_token), include_content
         )
 
-    async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None:
-        await self.catalog.delete_directory_file(project_id, directory_id, file_id)
+    async def delete_directory_file(
+        self, project_id: str, directory_id: str, *, directory_file_id: str = "", unique_id: str = ""
+    ) -> None:
+        ref = file_ref(directory_file_id, unique_id)
+        await self.catalog.delete_directory_file(project_id, directory_id, ref)
 
     # -- indexes and syncs
 
     async def create_index(
-        self, project_id: str, *, name: str, description: str, source_directory_id: str, metadata_json: str = ""
+        self,
+        project_id: str,
+        *,
+        name: str,
+        description: str,
+        source_directory_id: str,
+        metadata_json: str = "",
+        config_json: str = "",
     ) -> d.Index:
         if not source_directory_id:
             raise InvalidArgument("source_directory_id is required")
         return await self.catalog.create_index(
-            project_id, name, description, source_directory_id, json_object(metadata_json, "metadata")
+            project_id,
+            name,
+            description,
+            source_directory_id,
+            json_object(metadata_json, "metadata"),
+            json_object(config_json, "config_json"),
         )
+
+    async def upsert_pipeline(self, project_id: str, name: str, config_json: str = "") -> d.Index:
+        """Create the pipeline called ``name`` or replace its config."""
+        if not name:
+            raise InvalidArgument("name is required")
+        return await self.catalog.upsert_pipeline(project_id, name, json_object(config_json, "config_json"))
 
     async def get_index(self, project_id: str, index_id: str) -> d.Index:
         return await self.catalog.get_index(project_id, index_id)
 
     async def list_indexes(
-        self, project_id: str, *, source_directory_id: str = "", page_size_: int = 0, page_token: str = ""
+        self,
+        project_id: str,
+        *,
+        source_directory_id: str = "",
+        name: str = "",
+        kind: str = "",
+        page_size_: int = 0,
+        page_token: str = "",
     ) -> d.ResultPage[d.Index]:
+        if kind and kind not in d.INDEX_KINDS:
+            raise InvalidArgument("kind must be 'index' or 'pipeline'")
         limit = page_size(page_size_)
-        return await self.catalog.list_indexes(project_id, source_directory_id, limit, decode_cursor(page_token))
+        return await self.catalog.list_indexes(
+            project_id, source_directory_id, limit, decode_cursor(page_token), name, kind
+        )
 
     async def delete_index(self, project_id: str, index_id: str) -> d.Index:
         return await self.catalog.delete_index(project_id, index_id)
@@ -200,6 +311,11 @@ class FilesService:
 
     async def get_job(self, job_id: str) -> d.Job:
         return await self.catalog.get_job(job_id)
+
+    async def get_file_status(self, project_id: str, index_id: str, unique_id: str) -> d.FileStatus:
+        if not unique_id:
+            raise InvalidArgument("unique_id is required")
+        return await self.catalog.get_file_status(project_id, index_id, unique_id)
 
     # -- worker protocol
 
@@ -220,7 +336,7 @@ class FilesService:
     async def get_source_file(self, source_file_id: str) -> tuple[d.DirectoryFile, bytes]:
         return await self.catalog.get_source_file(source_file_id)
 
-    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> tuple[str, int]:
+    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> d.PreparedFile:
         return await self.catalog.prepare_parsed_file(index_id, source_file_id)
 
     async def complete_job_item(
@@ -242,6 +358,20 @@ class FilesService:
         if status not in JOB_RESULT_STATUSES:
             raise InvalidArgument("status must be 'succeeded' or 'failed'")
         return await self.catalog.finish_job(job_id, worker_id, status, error)
+
+    async def put_page_images(
+        self,
+        job_id: str,
+        worker_id: str,
+        parsed_file_id: str,
+        images: Sequence[d.PageImage],
+        *,
+        replace: bool = False,
+    ) -> None:
+        if not parsed_file_id:
+            raise InvalidArgument("parsed_file_id is required")
+        check_page_images(images)
+        await self.catalog.put_page_images(job_id, worker_id, parsed_file_id, images, replace)
 
     # -- retrieval over parsed files
 
@@ -295,3 +425,15 @@ class FilesService:
             raise InvalidArgument("offset must not be negative")
         parsed = await self.catalog.get_parsed_text(project_id, index_id, file_id)
         return read_text(parsed.text, offset, max_length)
+
+    # -- page screenshots
+
+    async def get_page_image(self, project_id: str, file_id: str, page_index: int) -> d.PageImage:
+        if page_index < 0:
+            raise InvalidArgument("page_index must not be negative")
+        return await self.catalog.get_page_image(project_id, file_id, page_index)
+
+    async def list_page_images(self, project_id: str, file_ids: Sequence[str]) -> list[d.PageImage]:
+        if len(file_ids) > MAX_PAGE_IMAGE_FILES:
+            raise InvalidArgument(f"file_ids: at most {MAX_PAGE_IMAGE_FILES} ids per call")
+        return await self.catalog.list_page_images(project_id, file_ids)

@@ -36,6 +36,9 @@ MESSAGES: dict[type, type[Message]] = {
     d.JobItem: pb.JobItem,
     d.FoundFile: pb.FoundFile,
     d.GrepMatch: pb.GrepMatch,
+    d.FileStatus: pb.FileStatus,
+    d.PageImage: pb.PageImage,
+    d.PreparedFile: pb.PrepareParsedFileResponse,
 }
 
 
@@ -53,6 +56,19 @@ def to_pb(obj: Any) -> Any:
             value = to_pb(value)
         values[f.name] = value
     return MESSAGES[type(obj)](**values)
+
+
+def page_image(msg: pb.PageImage) -> d.PageImage:
+    """The domain image of a request's PageImage (size_bytes is recomputed by the catalog)."""
+    return d.PageImage(
+        file_id=msg.file_id,
+        page_index=msg.page_index,
+        content=msg.content,
+        content_type=msg.content_type,
+        width=msg.width,
+        height=msg.height,
+        size_bytes=len(msg.content),
+    )
 
 
 class FilesServicer(files_pb2_grpc.FilesServicer):
@@ -104,6 +120,15 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
         )
 
     @mapped
+    async def EnsureDirectory(
+        self, request: pb.CreateDirectoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Directory:
+        """Get or create the project's directory with this name and type."""
+        return to_pb(
+            await self._svc.ensure_directory(request.project_id, request.name, request.description, request.type)
+        )
+
+    @mapped
     async def GetDirectory(self, request: pb.GetDirectoryRequest, context: grpc.aio.ServicerContext) -> pb.Directory:
         """One directory of the project."""
         return to_pb(await self._svc.get_directory(request.project_id, request.directory_id))
@@ -144,7 +169,12 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             file_id=request.file_id,
         )
         page = await self._svc.list_directory_files(
-            request.project_id, request.directory_id, flt, page_size_=request.page_size, page_token=request.page_token
+            request.project_id,
+            request.directory_id,
+            flt,
+            page_size_=request.page_size,
+            page_token=request.page_token,
+            include_content=request.include_content,
         )
         return pb.ListDirectoryFilesResponse(
             items=[to_pb(f) for f in page.items], next_page_token=page.next_page_token, total_size=page.total_size
@@ -154,9 +184,45 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     async def DeleteDirectoryFile(
         self, request: pb.DeleteDirectoryFileRequest, context: grpc.aio.ServicerContext
     ) -> pb.Empty:
-        """Remove one file from a directory."""
-        await self._svc.delete_directory_file(request.project_id, request.directory_id, request.directory_file_id)
+        """Remove one file (by id or unique_id) from a directory."""
+        await self._svc.delete_directory_file(
+            request.project_id,
+            request.directory_id,
+            directory_file_id=request.directory_file_id,
+            unique_id=request.unique_id,
+        )
         return pb.Empty()
+
+    @mapped
+    async def GetDirectoryFile(
+        self, request: pb.GetDirectoryFileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DirectoryFile:
+        """One file (by id or unique_id), optionally with its bytes."""
+        return to_pb(
+            await self._svc.get_directory_file(
+                request.project_id,
+                request.directory_id,
+                directory_file_id=request.directory_file_id,
+                unique_id=request.unique_id,
+                include_content=request.include_content,
+            )
+        )
+
+    @mapped
+    async def AddDirectoryFile(
+        self, request: pb.AddDirectoryFileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DirectoryFile:
+        """Put an existing upload into a directory, sharing its content."""
+        return to_pb(
+            await self._svc.add_directory_file(
+                request.project_id,
+                request.directory_id,
+                request.source_directory_file_id,
+                display_name=request.display_name,
+                unique_id=request.unique_id,
+                metadata_json=request.metadata_json,
+            )
+        )
 
     # -- indexes and syncs
 
@@ -170,6 +236,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
                 description=request.description,
                 source_directory_id=request.source_directory_id,
                 metadata_json=request.metadata_json,
+                config_json=request.config_json,
             )
         )
 
@@ -182,10 +249,12 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     async def ListIndexes(
         self, request: pb.ListIndexesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListIndexesResponse:
-        """One page of the project's indexes, oldest first."""
+        """One page of the project's indexes, oldest first (optionally by exact name and kind)."""
         page = await self._svc.list_indexes(
             request.project_id,
             source_directory_id=request.source_directory_id,
+            name=request.name,
+            kind=request.kind,
             page_size_=request.page_size,
             page_token=request.page_token,
         )
@@ -200,7 +269,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
 
     @mapped
     async def StartSync(self, request: pb.StartSyncRequest, context: grpc.aio.ServicerContext) -> pb.Job:
-        """Plan a sync job, or return the one already pending/running."""
+        """Plan a sync job, or return the one already pending/running (and request a resync after it)."""
         return to_pb(await self._svc.start_sync(request.project_id, request.index_id))
 
     @mapped
@@ -212,6 +281,18 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """One job by id (no project check: the caller checks the job's index)."""
         return to_pb(await self._svc.get_job(request.job_id))
+
+    @mapped
+    async def UpsertPipeline(self, request: pb.UpsertPipelineRequest, context: grpc.aio.ServicerContext) -> pb.Index:
+        """Create the project's pipeline with this name, or replace its config."""
+        return to_pb(await self._svc.upsert_pipeline(request.project_id, request.name, request.config_json))
+
+    @mapped
+    async def GetFileStatus(
+        self, request: pb.GetFileStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FileStatus:
+        """Where one source file (by unique_id) of an index stands."""
+        return to_pb(await self._svc.get_file_status(request.project_id, request.index_id, request.unique_id))
 
     # -- worker protocol
 
@@ -245,9 +326,8 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     async def PrepareParsedFile(
         self, request: pb.PrepareParsedFileRequest, context: grpc.aio.ServicerContext
     ) -> pb.PrepareParsedFileResponse:
-        """Get or create the parsed-file id for a source file in an index."""
-        parsed_id, version = await self._svc.prepare_parsed_file(request.index_id, request.source_file_id)
-        return pb.PrepareParsedFileResponse(parsed_file_id=parsed_id, version=version)
+        """Get or create the parsed-file id for a source file in an index (with the index's config)."""
+        return to_pb(await self._svc.prepare_parsed_file(request.index_id, request.source_file_id))
 
     @mapped
     async def CompleteJobItem(
@@ -269,6 +349,18 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     async def FinishJob(self, request: pb.FinishJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         """Close a job and bump the index generation."""
         return to_pb(await self._svc.finish_job(request.job_id, request.worker_id, request.status, request.error))
+
+    @mapped
+    async def PutPageImages(self, request: pb.PutPageImagesRequest, context: grpc.aio.ServicerContext) -> pb.Empty:
+        """Store page screenshots of a parsed file (lease holder only)."""
+        await self._svc.put_page_images(
+            request.job_id,
+            request.worker_id,
+            request.parsed_file_id,
+            [page_image(i) for i in request.images],
+            replace=request.replace,
+        )
+        return pb.Empty()
 
     # -- retrieval over parsed files
 
@@ -315,6 +407,22 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             request.project_id, request.index_id, request.file_id, offset=request.offset, max_length=max_length
         )
         return pb.ReadFileResponse(content=result.content, total_chars=result.total_chars)
+
+
+    # -- page screenshots
+
+    @mapped
+    async def GetPageImage(self, request: pb.GetPageImageRequest, context: grpc.aio.ServicerContext) -> pb.PageImage:
+        """One page image of a parsed file, with its bytes."""
+        return to_pb(await self._svc.get_page_image(request.project_id, request.file_id, request.page_index))
+
+    @mapped
+    async def ListPageImages(
+        self, request: pb.ListPageImagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPageImagesResponse:
+        """The page images (no bytes) of some parsed files."""
+        images = await self._svc.list_page_images(request.project_id, list(request.file_ids))
+        return pb.ListPageImagesResponse(items=[to_pb(i) for i in images])
 
 
 def register(service: FilesService) -> Callable[[grpc.aio.Server], None]:

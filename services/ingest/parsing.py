@@ -16,12 +16,14 @@ import threading
 import unicodedata
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 
 import pypdfium2 as pdfium
 from bs4 import BeautifulSoup
 from bs4.element import NavigableString, Tag
+
+from services.common.domain import DOCUMENT_CONTENT_TYPE
 
 PAGE_SEPARATOR = "\n\n"
 
@@ -46,10 +48,15 @@ class Page:
 
 @dataclass(frozen=True, slots=True)
 class ParsedDocument:
-    """The parsed text of one file; ``pages`` is empty for formats without pages."""
+    """The parsed text of one file; ``pages`` is empty for formats without pages.
+
+    ``kind`` is the format it was parsed as (``text``, ``markdown``, ``html`` or ``pdf``), so
+    later steps (page screenshots) need not detect it again.
+    """
 
     text: str
     pages: tuple[Page, ...] = field(default=())
+    kind: str = "text"
 
 
 _TEXT_EXTENSIONS = frozenset({
@@ -73,12 +80,14 @@ def parse(content: bytes, file_name: str = "", content_type: str = "") -> Parsed
     Raises ``ParseError`` for unsupported binary formats and unreadable PDFs.
     """
     kind = _detect(content, file_name, content_type)
-    return _PARSERS[kind](content)
+    return replace(_PARSERS[kind](content), kind=kind)
 
 
 def _detect(content: bytes, file_name: str, content_type: str) -> str:
     suffix = PurePosixPath(file_name.lower()).suffix
     mime = content_type.split(";", 1)[0].strip().lower()
+    if mime == DOCUMENT_CONTENT_TYPE:
+        return "text"
     if suffix in _PDF_EXTENSIONS or mime == "application/pdf":
         return "pdf"
     if suffix in _HTML_EXTENSIONS or mime in ("text/html", "application/xhtml+xml"):
@@ -194,12 +203,13 @@ def _parse_html(content: bytes) -> ParsedDocument:
     return ParsedDocument(body)
 
 
-# pdfium is not thread-safe, and parsing runs in worker threads (asyncio.to_thread).
-_PDFIUM_LOCK = threading.Lock()
+#: pdfium is not thread-safe, and parsing and rendering run in worker threads (asyncio.to_thread):
+#: every pdfium call of this process holds this lock.
+PDFIUM_LOCK = threading.Lock()
 
 
 def _parse_pdf(content: bytes) -> ParsedDocument:
-    with _PDFIUM_LOCK:
+    with PDFIUM_LOCK:
         try:
             document = pdfium.PdfDocument(content)
         except pdfium.PdfiumError as exc:

@@ -39,6 +39,16 @@ class IngestSettings(ServiceSettings):
     retry_attempts: int = Field(default=6, ge=1, description="attempts per call on UNAVAILABLE")
     retry_initial_backoff: float = Field(default=0.2, ge=0)
     retry_max_backoff: float = Field(default=5.0, ge=0)
+    screenshot_scale: float = Field(
+        default=1.0, gt=0, le=8, description="page screenshot scale: 1.0 renders a PDF page at 72 dpi"
+    )
+    screenshot_max_pages: int = Field(
+        default=500, ge=0, description="pages of a PDF rendered at most; later pages get no screenshot"
+    )
+    screenshot_batch_bytes: int = Field(
+        default=3 * 1024 * 1024, ge=1024,
+        description="PNG bytes per PutPageImages call at most (a larger page goes alone)",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_half(self) -> IngestSettings:

@@ -6,6 +6,11 @@ with CompleteJobItem, then FinishJob. A worker that dies leaves its lease to exp
 another worker resumes the job at the first item not yet committed. Chunk ids are
 ``chunk_id(parsed_file_id, version, index)``, and a file's chunks are deleted before they are
 written, so redoing an item after a crash rewrites the same ids and never duplicates.
+
+Per upserted file the worker also writes its "file card" (name and metadata as text, see
+``cards``) to the companion index ``files_index_id(index_id)`` of both engines and, for a PDF
+in an index whose config asks for ``page_screenshots``, sends its pages as PNG with
+PutPageImages, all before the item is committed.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import grpc
+import pypdfium2 as pdfium
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 from tokenizers import Tokenizer
 
@@ -26,9 +34,11 @@ from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
 from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
 from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.common.convert import chunk_to_pb
-from services.common.domain import Chunk, MetaValue, chunk_id
+from services.common.domain import Chunk, MetaValue, chunk_id, files_index_id
+from services.ingest.cards import build_file_card
 from services.ingest.chunking import ChunkingOptions, TextChunk, chunk_text
 from services.ingest.parsing import ParsedDocument, ParseError, parse
+from services.ingest.screenshots import PNG_CONTENT_TYPE, PageImage, PdfPageRenderer, batch_by_size
 from services.ingest.settings import IngestSettings
 
 log = logging.getLogger(__name__)
@@ -103,6 +113,28 @@ def chunk_metadata(metadata_json: str) -> dict[str, MetaValue]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class IndexConfig:
+    """The parts of an index's ``config_json`` that the worker acts on."""
+
+    page_screenshots: bool = False
+
+    @classmethod
+    def from_json(cls, config_json: str) -> IndexConfig:
+        """Unknown keys are ignored; a config that is not a JSON object means the defaults."""
+        if not config_json.strip():
+            return cls()
+        try:
+            raw = json.loads(config_json)
+        except json.JSONDecodeError:
+            log.warning("ignoring an index config that is not JSON")
+            return cls()
+        if not isinstance(raw, dict):
+            log.warning("ignoring an index config that is not a JSON object")
+            return cls()
+        return cls(page_screenshots=raw.get("page_screenshots") is True)
+
+
 def build_chunks(
     pieces: Sequence[TextChunk],
     *,
@@ -111,8 +143,13 @@ def build_chunks(
     version: int,
     file_name: str,
     metadata: Mapping[str, MetaValue],
+    source_id: str = "",
 ) -> list[Chunk]:
-    """Domain chunks with deterministic ids for one version of one parsed file."""
+    """Domain chunks with deterministic ids for one version of one parsed file.
+
+    ``source_id`` is the source file's ``unique_id`` (a pipeline document's id, which LlamaIndex
+    reports as the node's ``ref_doc_id``).
+    """
     return [
         Chunk(
             id=chunk_id(parsed_file_id, version, piece.chunk_index),
@@ -127,6 +164,7 @@ def build_chunks(
             token_count=piece.token_count,
             page_start=piece.page_start,
             page_end=piece.page_end,
+            source_id=source_id,
         )
         for piece in pieces
     ]
@@ -309,51 +347,145 @@ class IngestWorker:
             files_pb2.PrepareParsedFileRequest(index_id=job.index_id, source_file_id=item.source_file_id),
             lease=True,
         )
+        config = IndexConfig.from_json(prepared.index_config_json)
         pieces = await asyncio.to_thread(
             chunk_text, document.text, document.pages, self._chunking, self._tokenizer
         )
+        metadata = chunk_metadata(meta.metadata_json)
+        # A directory file always has a unique_id; the id stands in for one from an older catalog.
+        source_id = meta.unique_id or meta.id
         chunks = build_chunks(
             pieces,
             index_id=job.index_id,
             parsed_file_id=prepared.parsed_file_id,
             version=prepared.version,
             file_name=meta.display_name,
-            metadata=chunk_metadata(meta.metadata_json),
+            metadata=metadata,
+            source_id=source_id,
+        )
+        card = await asyncio.to_thread(
+            build_file_card,
+            index_id=job.index_id,
+            parsed_file_id=prepared.parsed_file_id,
+            file_name=meta.display_name,
+            metadata=metadata,
+            source_id=source_id,
+            tokenizer=self._tokenizer,
         )
         await self._delete_from_engines(job.index_id, prepared.parsed_file_id)
         for batch in _batched(chunks, self._s.batch_size):
-            messages = [chunk_to_pb(c) for c in batch]
-            await self._both(
-                self._call(
-                    "dense Upsert",
-                    self._dense.Upsert,
-                    dense_pb2.UpsertRequest(index_id=job.index_id, chunks=messages),
-                    deadline=self._s.upsert_timeout,
-                ),
-                self._call(
-                    "sparse Upsert",
-                    self._sparse.Upsert,
-                    sparse_pb2.UpsertRequest(index_id=job.index_id, chunks=messages),
-                    deadline=self._s.upsert_timeout,
-                ),
-            )
+            await self._upsert_chunks(job.index_id, batch)
+        await self._upsert_chunks(card.index_id, [card])
+        await self._page_images(job, prepared, source.content, document, config)
         await self._complete(job, item, document=document, chunk_count=len(chunks))
         log.info("indexed %s as %s v%d: %d chunks", meta.display_name, prepared.parsed_file_id,
                  prepared.version, len(chunks), extra={"job_id": job.id})
 
-    async def _delete_from_engines(self, index_id: str, parsed_file_id: str) -> None:
-        await self._both(
+    async def _upsert_chunks(self, index_id: str, chunks: Sequence[Chunk]) -> None:
+        """One Upsert of the same chunks to both engines."""
+        messages = [chunk_to_pb(c) for c in chunks]
+        await self._together(
             self._call(
-                "dense DeleteFile",
-                self._dense.DeleteFile,
-                dense_pb2.DeleteFileRequest(index_id=index_id, file_id=parsed_file_id),
+                "dense Upsert",
+                self._dense.Upsert,
+                dense_pb2.UpsertRequest(index_id=index_id, chunks=messages),
+                deadline=self._s.upsert_timeout,
             ),
             self._call(
-                "sparse DeleteFile",
-                self._sparse.DeleteFile,
-                sparse_pb2.DeleteFileRequest(index_id=index_id, file_id=parsed_file_id),
+                "sparse Upsert",
+                self._sparse.Upsert,
+                sparse_pb2.UpsertRequest(index_id=index_id, chunks=messages),
+                deadline=self._s.upsert_timeout,
             ),
         )
+
+    async def _delete_from_engines(self, index_id: str, parsed_file_id: str) -> None:
+        """The file's chunks and its card, from both engines (a no-op for what is not there)."""
+        calls: list[Coroutine[Any, Any, Any]] = []
+        for target in (index_id, files_index_id(index_id)):
+            calls.append(self._call(
+                "dense DeleteFile",
+                self._dense.DeleteFile,
+                dense_pb2.DeleteFileRequest(index_id=target, file_id=parsed_file_id),
+            ))
+            calls.append(self._call(
+                "sparse DeleteFile",
+                self._sparse.DeleteFile,
+                sparse_pb2.DeleteFileRequest(index_id=target, file_id=parsed_file_id),
+            ))
+        await self._together(*calls)
+
+    async def _page_images(
+        self,
+        job: files_pb2.Job,
+        prepared: files_pb2.PrepareParsedFileResponse,
+        content: bytes,
+        document: ParsedDocument,
+        config: IndexConfig,
+    ) -> None:
+        """Screenshots of a PDF's pages when the index asks for them; otherwise drop any earlier
+        ones the parsed file could have (it was, or may once have been, a PDF)."""
+        parsed_file_id = prepared.parsed_file_id
+        if document.kind != "pdf":
+            # The same parsed file holds every version of its source: an earlier one may have been a PDF.
+            if prepared.version > 1:
+                await self._clear_page_images(job, parsed_file_id)
+            return
+        if not config.page_screenshots:
+            await self._clear_page_images(job, parsed_file_id)
+            return
+        started = time.perf_counter()
+        try:
+            renderer = await asyncio.to_thread(PdfPageRenderer, content, self._s.screenshot_scale)
+        except pdfium.PdfiumError as exc:
+            log.warning("cannot render %s for screenshots: %s", parsed_file_id, exc, extra={"job_id": job.id})
+            await self._clear_page_images(job, parsed_file_id)
+            return
+        pages = total_bytes = 0
+        try:
+            limit = self._s.screenshot_max_pages
+            if renderer.page_count > limit:
+                log.warning("%s has %d pages; screenshots of the first %d only", parsed_file_id,
+                            renderer.page_count, limit, extra={"job_id": job.id})
+            batches = batch_by_size(renderer.render_all(limit), self._s.screenshot_batch_bytes)
+            # Rendering runs in a thread, one batch at a time: only one batch of PNGs is held.
+            while (batch := await asyncio.to_thread(next, batches, None)) is not None:
+                await self._put_page_images(job, parsed_file_id, batch, replace=pages == 0)
+                pages += len(batch)
+                total_bytes += sum(image.size for image in batch)
+        finally:
+            # Waits for a render still running in its thread (cancellation) before freeing the PDF.
+            await asyncio.to_thread(renderer.close)
+        if pages == 0:
+            await self._clear_page_images(job, parsed_file_id)
+        log.info("rendered %d of %d pages of %s in %.2f s (%d PNG bytes, scale %.2f)", pages,
+                 renderer.page_count, parsed_file_id, time.perf_counter() - started, total_bytes,
+                 self._s.screenshot_scale, extra={"job_id": job.id})
+
+    async def _put_page_images(
+        self, job: files_pb2.Job, parsed_file_id: str, images: Sequence[PageImage], *, replace: bool
+    ) -> None:
+        request = files_pb2.PutPageImagesRequest(
+            job_id=job.id, worker_id=self.worker_id, parsed_file_id=parsed_file_id, replace=replace,
+            images=[
+                files_pb2.PageImage(
+                    file_id=parsed_file_id, page_index=image.page_index, content=image.content,
+                    content_type=PNG_CONTENT_TYPE, width=image.width, height=image.height,
+                    size_bytes=image.size,
+                )
+                for image in images
+            ],
+        )
+        await self._call("PutPageImages", self._files.PutPageImages, request, lease=True)
+
+    async def _clear_page_images(self, job: files_pb2.Job, parsed_file_id: str) -> None:
+        try:
+            await self._put_page_images(job, parsed_file_id, [], replace=True)
+        except CallFailed as exc:
+            # A files service without page images has none to clear (a worker upgraded first).
+            if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            log.debug("files does not store page images; nothing to clear")
 
     async def _complete(
         self,
@@ -377,12 +509,12 @@ class IngestWorker:
         await self._call("CompleteJobItem", self._files.CompleteJobItem, request, lease=True)
 
     @staticmethod
-    async def _both(first: Coroutine[Any, Any, Any], second: Coroutine[Any, Any, Any]) -> None:
-        """Await two calls concurrently; if one fails the other is cancelled and the error raised."""
+    async def _together(*calls: Coroutine[Any, Any, Any]) -> None:
+        """Await calls concurrently; if one fails the others are cancelled and its error raised."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(first)
-                group.create_task(second)
+                for call in calls:
+                    group.create_task(call)
         except BaseExceptionGroup as group_error:
             errors = list(group_error.exceptions)
             raise next((e for e in errors if isinstance(e, LeaseLost)), errors[0]) from None

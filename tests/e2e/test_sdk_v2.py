@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import llama_cloud
 import pytest
 from llama_cloud import LlamaCloud
@@ -334,3 +335,34 @@ def test_resync_after_a_change_serves_new_content_not_a_stale_cache(client: Llam
 def test_every_process_survives_the_suite(stack: Stack) -> None:
     assert stack.failed() == []
     assert not Path(stack.data_dir / "api_key").exists()  # a key given by the caller is not written to disk
+
+
+def test_page_screenshots_as_attachments(client: LlamaCloud, index: Any, file_ids: dict[str, str]) -> None:
+    """A file uploaded once (``files.create``), added to a directory by id, indexed with page
+    screenshots kept: PDF results name their pages' images, and a presigned URL serves the PNG."""
+    uploaded = client.files.create(file=("survey.pdf", io.BytesIO(REPORT_PDF), "application/pdf"), purpose="user_data")
+    directory = client.beta.directories.create(name="e2e-screenshots")
+    added = client.beta.directories.files.add(directory.id, file_id=uploaded.id, metadata={"kind": "survey"})
+    assert added.display_name == "survey.pdf"
+    assert client.beta.directories.files.get(added.id, directory_id=directory.id).id == added.id
+    created = client.indexes.create(source_directory_id=directory.id, name="e2e-shots",
+                                    store_attachments=["page_screenshot"])
+    client.indexes.sync(created.id)
+    wait_synced(client, created.id)
+    out = client.retrieval.retrieve(index_id=created.id, query="glacier retreated meltwater lakes", top_k=3)
+    top = out.results[0]
+    assert top.metadata == {"kind": "survey"}
+    sf = top.static_fields
+    pages = range(sf.page_range_start - 1, sf.page_range_end)
+    assert [a.attachment_name for a in sf.attachments] == [f"page_{p}.png" for p in pages]
+    attachment = sf.attachments[0]
+    assert attachment.source_id == sf.parsed_directory_file_id and attachment.type == "page_screenshot"
+    presigned = client.beta.attachments.get(attachment.attachment_name, source_id=attachment.source_id)
+    image = httpx.get(presigned.url, timeout=30)  # no API key: the signature stands in for it
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    tampered = httpx.get(presigned.url.replace("page_", "page_1"), timeout=30)
+    assert tampered.status_code == 403
+    # An index created without store_attachments keeps no images of the same PDF.
+    plain = client.retrieval.retrieve(index_id=index.id, query="glacier retreated meltwater lakes", top_k=1)
+    assert names(plain.results, file_ids) == ["glacier-report.pdf"]
+    assert plain.results[0].static_fields.attachments is None

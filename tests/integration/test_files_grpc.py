@@ -173,3 +173,103 @@ async def test_index_lifecycle_over_grpc(stub: files_pb2_grpc.FilesStub) -> None
     assert await _code(gone) == grpc.StatusCode.NOT_FOUND
     dirs = await stub.ListDirectories(pb.ListDirectoriesRequest(project_id=project.id), timeout=DEADLINE)
     assert [x.id for x in dirs.directories] == [directory.id]
+
+
+async def test_pipeline_files_status_and_page_images_over_grpc(stub: files_pb2_grpc.FilesStub) -> None:
+    project = await stub.EnsureProject(pb.EnsureProjectRequest(name="Default"), timeout=DEADLINE)
+    pid = project.id
+    ensure = pb.CreateDirectoryRequest(project_id=pid, name="files", type="files")
+    uploads = await stub.EnsureDirectory(ensure, timeout=DEADLINE)
+    assert (await stub.EnsureDirectory(ensure, timeout=DEADLINE)).id == uploads.id
+    bad_type = stub.EnsureDirectory(pb.CreateDirectoryRequest(project_id=pid, name="x", type="index"), timeout=DEADLINE)
+    assert await _code(bad_type) == grpc.StatusCode.INVALID_ARGUMENT
+
+    pipeline = await stub.UpsertPipeline(
+        pb.UpsertPipelineRequest(project_id=pid, name="docs", config_json='{"page_screenshots": true}'),
+        timeout=DEADLINE,
+    )
+    assert (pipeline.kind, pipeline.config_json) == ("pipeline", '{"page_screenshots":true}')
+    same = await stub.UpsertPipeline(pb.UpsertPipelineRequest(project_id=pid, name="docs"), timeout=DEADLINE)
+    assert (same.id, same.config_json) == (pipeline.id, "{}")
+    listed = await stub.ListIndexes(
+        pb.ListIndexesRequest(project_id=pid, name="docs", kind="pipeline"), timeout=DEADLINE
+    )
+    assert [i.id for i in listed.items] == [pipeline.id]
+
+    upload = await stub.UploadFile(
+        pb.UploadFileRequest(project_id=pid, directory_id=uploads.id, display_name="a.txt", content=b"alpha text"),
+        timeout=DEADLINE,
+    )
+    added = await stub.AddDirectoryFile(
+        pb.AddDirectoryFileRequest(
+            project_id=pid, directory_id=pipeline.source_directory_id, source_directory_file_id=upload.id,
+            metadata_json='{"team": "x"}',
+        ),
+        timeout=DEADLINE,
+    )
+    assert (added.unique_id, added.file_id, added.metadata_json) == (upload.id, upload.file_id, '{"team":"x"}')
+    got = await stub.GetDirectoryFile(
+        pb.GetDirectoryFileRequest(
+            project_id=pid, directory_id=pipeline.source_directory_id, unique_id=upload.id, include_content=True
+        ),
+        timeout=DEADLINE,
+    )
+    assert (got.id, got.content) == (added.id, b"alpha text")
+    both = stub.GetDirectoryFile(
+        pb.GetDirectoryFileRequest(
+            project_id=pid, directory_id=uploads.id, directory_file_id=upload.id, unique_id="a.txt"
+        ),
+        timeout=DEADLINE,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await both
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "directory_file_id" in (info.value.details() or "")
+    with_content = await stub.ListDirectoryFiles(
+        pb.ListDirectoryFilesRequest(project_id=pid, directory_id=uploads.id, include_content=True), timeout=DEADLINE
+    )
+    assert [f.content for f in with_content.items] == [b"alpha text"]
+
+    status_request = pb.GetFileStatusRequest(project_id=pid, index_id=pipeline.id, unique_id=upload.id)
+    status = await stub.GetFileStatus(status_request, timeout=DEADLINE)
+    assert (status.status, status.file.id) == ("NOT_STARTED", added.id)
+    job = await stub.StartSync(pb.StartSyncRequest(project_id=pid, index_id=pipeline.id), timeout=DEADLINE)
+    assert (await stub.GetFileStatus(status_request, timeout=DEADLINE)).status == "IN_PROGRESS"
+    await stub.ClaimJob(pb.ClaimJobRequest(worker_id="w", lease_seconds=30), timeout=DEADLINE)
+    prepared = await stub.PrepareParsedFile(
+        pb.PrepareParsedFileRequest(index_id=pipeline.id, source_file_id=added.id), timeout=DEADLINE
+    )
+    assert prepared.index_config_json == "{}"
+    image = pb.PageImage(page_index=0, content=b"\x89PNG page", content_type="image/png", width=4, height=5)
+    put = pb.PutPageImagesRequest(job_id=job.id, worker_id="w", parsed_file_id=prepared.parsed_file_id, images=[image])
+    await stub.PutPageImages(put, timeout=DEADLINE)
+    foreign = pb.PutPageImagesRequest(job_id=job.id, worker_id="other", parsed_file_id=prepared.parsed_file_id)
+    assert await _code(stub.PutPageImages(foreign, timeout=DEADLINE)) == grpc.StatusCode.FAILED_PRECONDITION
+    await stub.CompleteJobItem(
+        pb.CompleteJobItemRequest(job_id=job.id, worker_id="w", source_file_id=added.id, text="alpha text"),
+        timeout=DEADLINE,
+    )
+    await stub.FinishJob(pb.FinishJobRequest(job_id=job.id, worker_id="w", status="succeeded"), timeout=DEADLINE)
+    done = await stub.GetFileStatus(status_request, timeout=DEADLINE)
+    assert (done.status, done.job_id) == ("SUCCESS", job.id)
+    fetched = await stub.GetPageImage(
+        pb.GetPageImageRequest(project_id=pid, file_id=prepared.parsed_file_id, page_index=0), timeout=DEADLINE
+    )
+    assert (fetched.content, fetched.size_bytes, fetched.width) == (b"\x89PNG page", 9, 4)
+    listing = await stub.ListPageImages(
+        pb.ListPageImagesRequest(project_id=pid, file_ids=[prepared.parsed_file_id]), timeout=DEADLINE
+    )
+    assert [(i.file_id, i.page_index, i.content) for i in listing.items] == [(prepared.parsed_file_id, 0, b"")]
+    too_many = stub.ListPageImages(pb.ListPageImagesRequest(project_id=pid, file_ids=["x"] * 1001), timeout=DEADLINE)
+    assert await _code(too_many) == grpc.StatusCode.INVALID_ARGUMENT
+    missing = stub.GetPageImage(
+        pb.GetPageImageRequest(project_id=pid, file_id=prepared.parsed_file_id, page_index=1), timeout=DEADLINE
+    )
+    assert await _code(missing) == grpc.StatusCode.NOT_FOUND
+
+    await stub.DeleteDirectoryFile(
+        pb.DeleteDirectoryFileRequest(project_id=pid, directory_id=uploads.id, unique_id="a.txt"), timeout=DEADLINE
+    )
+    gone = stub.GetDirectoryFile(
+        pb.GetDirectoryFileRequest(project_id=pid, directory_id=uploads.id, unique_id="a.txt"), timeout=DEADLINE
+    )
+    assert await _code(gone) == grpc.StatusCode.NOT_FOUND

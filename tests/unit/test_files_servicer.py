@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from services._proto.quarry.files.v1 import files_pb2 as pb
 from services.files import domain as d
-from services.files.servicer import MESSAGES, rfc3339, to_pb
+from services.files.servicer import MESSAGES, page_image, rfc3339, to_pb
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 
@@ -44,5 +45,40 @@ def test_job_and_index_convert_field_by_field() -> None:
     )
     msg = to_pb(index)
     assert (msg.generation, msg.sync_in_progress, msg.metadata_json, msg.last_synced_at) == (4, True, '{"a":1}', "")
+    assert (msg.kind, msg.config_json, msg.last_job_failed_items) == ("index", "{}", 0)
+    pipeline = to_pb(dataclasses.replace(index, kind="pipeline", config_json='{"b":2}', last_job_failed_items=3))
+    assert (pipeline.kind, pipeline.config_json, pipeline.last_job_failed_items) == ("pipeline", '{"b":2}', 3)
     assert msg.last_job == job
     assert not to_pb(dataclasses.replace(index, last_job=None)).HasField("last_job")
+
+
+def _file(**kw: object) -> d.DirectoryFile:
+    fields = dict(
+        id="f", directory_id="dir", project_id="p", display_name="a.pdf", unique_id="u", external_file_id="",
+        file_id="sha", metadata_json="{}", version=2, size_bytes=3, content_type="application/pdf",
+        created_at=T0, updated_at=T0,
+    )
+    return d.DirectoryFile(**{**fields, **kw})  # type: ignore[arg-type]
+
+
+def test_file_status_nests_the_file_and_content_is_only_set_when_read() -> None:
+    status = to_pb(d.FileStatus(status="ERROR", error="bad pdf", job_id="j", file=_file()))
+    assert (status.status, status.error, status.job_id, status.file.id, status.file.version) == (
+        "ERROR", "bad pdf", "j", "f", 2
+    )
+    assert status.file.content == b""
+    assert to_pb(_file(content=b"%PDF")).content == b"%PDF"
+
+
+def test_page_images_and_prepared_files_convert_both_ways() -> None:
+    msg = pb.PageImage(file_id="f", page_index=3, content=b"\x89PNG", content_type="image/png", width=8, height=9,
+                       size_bytes=999)
+    image = page_image(msg)
+    assert image == d.PageImage(file_id="f", page_index=3, content=b"\x89PNG", content_type="image/png", width=8,
+                                height=9, size_bytes=4)
+    assert to_pb(image) == pb.PageImage(file_id="f", page_index=3, content=b"\x89PNG", content_type="image/png",
+                                        width=8, height=9, size_bytes=4)
+    prepared = to_pb(d.PreparedFile(parsed_file_id="pf", version=4, index_config_json='{"page_screenshots":true}'))
+    assert prepared == pb.PrepareParsedFileResponse(
+        parsed_file_id="pf", version=4, index_config_json='{"page_screenshots":true}'
+    )

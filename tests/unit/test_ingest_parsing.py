@@ -102,6 +102,24 @@ def test_pdf_without_any_text_gives_empty_text_not_an_error() -> None:
 def test_pdf_is_detected_by_magic_bytes_without_a_name() -> None:
     doc = parse(build_pdf([["sniffed"]]), "", "application/octet-stream")
     assert doc.text == "sniffed"
+    assert doc.kind == "pdf"
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "content_type", "kind"),
+    [
+        (b"plain", "a.txt", "", "text"),
+        (b"# title", "a.md", "", "markdown"),
+        (b"<p>x</p>", "a.html", "", "html"),
+        (b"<p>x</p>", "page", "text/html", "html"),
+        (build_pdf([["x"]]), "a.pdf", "", "pdf"),
+        (build_pdf([["x"]]), "upload", "application/pdf", "pdf"),
+    ],
+)
+def test_the_document_says_which_format_it_was_parsed_as(
+    content: bytes, name: str, content_type: str, kind: str
+) -> None:
+    assert parse(content, name, content_type).kind == kind
 
 
 def test_corrupt_pdf_is_a_parse_error() -> None:

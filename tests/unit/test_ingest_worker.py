@@ -11,18 +11,20 @@ import grpc
 import pytest
 
 from services._proto.quarry.dense.v1 import dense_pb2_grpc
-from services._proto.quarry.files.v1 import files_pb2_grpc
+from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
 from services._proto.quarry.sparse.v1 import sparse_pb2_grpc
 from services.common.channels import channel
-from services.common.domain import chunk_id
+from services.common.domain import chunk_id, file_card_id, files_index_id
 from services.ingest.bootstrap import bootstrap
 from services.ingest.chunking import piece_tokenizer
+from services.ingest.screenshots import PdfPageRenderer
 from services.ingest.settings import IngestSettings
-from services.ingest.worker import IngestWorker, JobOutcome, chunk_metadata
+from services.ingest.worker import IndexConfig, IngestWorker, JobOutcome, chunk_metadata
 from tests.fixtures.ingest.fakes import FakeBackends, parsed_file_id_for, start_fake_backends
 from tests.fixtures.ingest.pdf_builder import build_pdf
 
 INDEX = "idx-1"
+FILES_INDEX = files_index_id(INDEX)
 LONG_TEXT = "\n\n".join(
     f"Paragraph {p}. "
     + " ".join(f"Quarry sentence {p}-{s} about hybrid retrieval and reranking." for s in range(8))
@@ -86,6 +88,7 @@ async def test_job_with_upserts_and_a_delete(h: Harness) -> None:
     for engine in (h.dense, h.sparse):
         for i in range(3):
             engine.chunks[(INDEX, chunk_id(stale_id, 1, i))] = _stale_chunk(stale_id, i)
+        engine.chunks[(FILES_INDEX, file_card_id(stale_id))] = _stale_chunk(stale_id, 0)
     job_id = h.files.add_job(
         INDEX, [("src-txt", "upsert"), ("src-pdf", "upsert"), ("src-gone", "delete")],
         parsed={"src-gone": stale_id},
@@ -110,6 +113,7 @@ async def test_job_with_upserts_and_a_delete(h: Harness) -> None:
         assert c.id == chunk_id(txt_id, 1, c.chunk_index)
         assert txt.text[c.start_char : c.end_char] == c.content
         assert c.file_id == txt_id and c.file_name == "guide.txt" and c.index_id == INDEX
+        assert c.source_id == "guide.txt"  # the source file's unique_id
         assert json.loads(c.metadata_json) == {"team": "search", "year": 2024, "tags": ["a", "b"],
                                                "nested": '{"k":1}'}
         assert 0 < c.token_count <= 200
@@ -123,8 +127,11 @@ async def test_job_with_upserts_and_a_delete(h: Harness) -> None:
     [pdf_chunk] = [h.dense.chunks[(INDEX, cid)] for cid in h.dense.ids(INDEX, pdf_id)]
     assert (pdf_chunk.page_start, pdf_chunk.page_end) == (1, 2)
 
-    # The delete removed the stale file's chunks from both engines.
+    # The delete removed the stale file's chunks and its card from both engines.
     assert h.dense.ids(INDEX, stale_id) == set() and h.sparse.ids(INDEX, stale_id) == set()
+    assert h.dense.ids(FILES_INDEX, stale_id) == set() and h.sparse.ids(FILES_INDEX, stale_id) == set()
+    # One card per indexed file, in both engines.
+    assert h.dense.ids(FILES_INDEX) == {file_card_id(txt_id), file_card_id(pdf_id)} == h.sparse.ids(FILES_INDEX)
     assert by_source["src-gone"].chunk_count == 0 and by_source["src-gone"].error == ""
     # Batches respect batch_size, and every call carried a deadline.
     assert all(len(c.request.chunks) <= 4 for c in h.dense.rec.called("Upsert"))
@@ -136,10 +143,13 @@ async def test_a_file_is_cleared_from_both_engines_before_it_is_written(h: Harne
     add_sources(h)
     h.files.add_job(INDEX, [("src-txt", "upsert")])
     await h.worker().run_once()
+    txt_id = parsed_file_id_for(INDEX, "src-txt")
     for engine in (h.dense, h.sparse):
-        methods = [c.method for c in engine.rec.calls]
-        assert methods[0] == "DeleteFile" and set(methods[1:]) == {"Upsert"}
-        assert engine.rec.calls[0].request.file_id == parsed_file_id_for(INDEX, "src-txt")
+        calls = [(c.method, c.request.index_id) for c in engine.rec.calls]
+        # Its chunks and its card are deleted first, then the chunks written, the card last.
+        assert sorted(calls[:2]) == sorted([("DeleteFile", INDEX), ("DeleteFile", FILES_INDEX)])
+        assert all(c.request.file_id == txt_id for c in engine.rec.calls[:2])
+        assert set(calls[2:-1]) == {("Upsert", INDEX)} and calls[-1] == ("Upsert", FILES_INDEX)
 
 
 async def test_a_parse_error_completes_the_item_with_an_error_and_the_job_goes_on(h: Harness) -> None:
@@ -300,6 +310,141 @@ async def test_ready_follows_the_files_health(h: Harness) -> None:
         await app.close()
 
 
+async def test_the_file_card_carries_name_metadata_and_source_id(h: Harness) -> None:
+    add_sources(h)
+    h.files.add_source("src-doc", "notes_2024-q3.md", b"Body text.", metadata={"team": "search"},
+                       unique_id="doc-42")
+    h.files.add_job(INDEX, [("src-doc", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+
+    doc_id = parsed_file_id_for(INDEX, "src-doc")
+    card = h.dense.chunks[(FILES_INDEX, file_card_id(doc_id))]
+    assert card == h.sparse.chunks[(FILES_INDEX, file_card_id(doc_id))]
+    assert card.content == "notes_2024-q3.md\nnotes 2024 q3 md\nteam: search"
+    assert (card.index_id, card.file_id, card.file_name, card.source_id) == (
+        FILES_INDEX, doc_id, "notes_2024-q3.md", "doc-42"
+    )
+    assert json.loads(card.metadata_json) == {"team": "search"}
+    assert (card.chunk_index, card.start_char, card.end_char) == (0, 0, 0)
+    assert card.token_count == len(piece_tokenizer().encode(card.content, add_special_tokens=False).ids)
+    [content] = [h.dense.chunks[(INDEX, cid)] for cid in h.dense.ids(INDEX, doc_id)]
+    assert content.source_id == "doc-42"
+
+
+async def test_a_new_version_replaces_the_card(h: Harness) -> None:
+    h.files.add_source("src-doc", "plan.md", b"v1", metadata={"status": "draft"})
+    h.files.add_job(INDEX, [("src-doc", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    h.files.add_source("src-doc", "plan.md", b"v2", metadata={"status": "final"}, version=2)
+    h.files.add_job(INDEX, [("src-doc", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+
+    doc_id = parsed_file_id_for(INDEX, "src-doc")
+    for engine in (h.dense, h.sparse):
+        assert engine.ids(FILES_INDEX) == {file_card_id(doc_id)}
+        assert engine.chunks[(FILES_INDEX, file_card_id(doc_id))].content.endswith("status: final")
+
+
+def screenshots_on(h: Harness) -> None:
+    h.files.index_configs[INDEX] = json.dumps({"page_screenshots": True, "pipeline": {"name": "p"}})
+
+
+async def test_screenshots_are_sent_in_batches_before_the_item_is_committed(h: Harness) -> None:
+    screenshots_on(h)
+    pages = [[f"Screenshot page {n}."] for n in range(1, 6)]
+    h.files.add_source("src-pdf", "deck.pdf", build_pdf(pages))
+    h.files.add_job(INDEX, [("src-pdf", "upsert")])
+    # Room for about two rendered pages per call (a page of this PDF is a few KiB of PNG).
+    one_page = len(_png_of_first_page(build_pdf(pages[:1])))
+    worker = h.worker(screenshot_batch_bytes=int(one_page * 2.5))
+
+    assert await worker.run_once() is JobOutcome.SUCCEEDED
+
+    pdf_id = parsed_file_id_for(INDEX, "src-pdf")
+    methods = [c.method for c in h.files.rec.calls]
+    puts = h.files.rec.called("PutPageImages")
+    assert len(puts) >= 2
+    # All of them under the lease, before the item's commit; only the first replaces.
+    assert max(i for i, m in enumerate(methods) if m == "PutPageImages") < methods.index("CompleteJobItem")
+    assert [c.request.replace for c in puts] == [True] + [False] * (len(puts) - 1)
+    for call in puts:
+        assert call.request.parsed_file_id == pdf_id and call.request.worker_id == "worker-a"
+        assert call.time_remaining is not None
+        assert sum(len(i.content) for i in call.request.images) <= one_page * 2.5 or len(call.request.images) == 1
+    stored = h.files.page_images[pdf_id]
+    assert sorted(stored) == [0, 1, 2, 3, 4]
+    for index, image in stored.items():
+        assert image.file_id == pdf_id and image.page_index == index
+        assert image.content.startswith(b"\x89PNG\r\n\x1a\n") and image.content_type == "image/png"
+        assert (image.width, image.height) == (612, 792) and image.size_bytes == len(image.content)
+    assert len({i.content for i in stored.values()}) == 5
+
+
+async def test_screenshot_scale_and_page_limit_come_from_settings(h: Harness) -> None:
+    screenshots_on(h)
+    h.files.add_source("src-pdf", "deck.pdf", build_pdf([["one"], ["two"], ["three"]]))
+    h.files.add_job(INDEX, [("src-pdf", "upsert")])
+    assert await h.worker(screenshot_scale=0.5, screenshot_max_pages=2).run_once() is JobOutcome.SUCCEEDED
+
+    stored = h.files.page_images[parsed_file_id_for(INDEX, "src-pdf")]
+    assert sorted(stored) == [0, 1]
+    assert {(i.width, i.height) for i in stored.values()} == {(306, 396)}
+    # The text of every page is still indexed.
+    assert h.files.completed[0].text == "one\n\ntwo\n\nthree"
+
+
+async def test_with_screenshots_off_a_pdf_only_has_its_old_images_cleared(h: Harness) -> None:
+    add_sources(h)
+    pdf_id = parsed_file_id_for(INDEX, "src-pdf")
+    h.files.page_images[pdf_id] = {0: files_pb2.PageImage(file_id=pdf_id, page_index=0, content=b"old")}
+    h.files.add_job(INDEX, [("src-pdf", "upsert"), ("src-txt", "upsert")])
+
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+
+    [put] = h.files.rec.called("PutPageImages")
+    assert put.request.parsed_file_id == pdf_id and put.request.replace and not put.request.images
+    assert h.files.page_images[pdf_id] == {}
+
+
+async def test_files_that_are_not_pdfs_get_no_screenshots(h: Harness) -> None:
+    screenshots_on(h)
+    add_sources(h)
+    h.files.add_job(INDEX, [("src-txt", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    assert h.files.rec.called("PutPageImages") == []
+
+    # A later version may replace what was a PDF: whatever images it had are dropped.
+    h.files.add_source("src-txt", "guide.txt", b"now text", version=2)
+    h.files.add_job(INDEX, [("src-txt", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    [put] = h.files.rec.called("PutPageImages")
+    assert put.request.replace and not put.request.images
+
+
+async def test_a_files_service_without_page_images_still_indexes_pdfs(h: Harness) -> None:
+    add_sources(h)
+    h.files.rec.failures["PutPageImages"] = [grpc.StatusCode.UNIMPLEMENTED]
+    job_id = h.files.add_job(INDEX, [("src-pdf", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    assert h.files.jobs[job_id].items[0].status == "done"
+
+
+async def test_a_refused_page_image_call_means_the_lease_is_lost(h: Harness) -> None:
+    screenshots_on(h)
+    add_sources(h)
+    h.files.rec.failures["PutPageImages"] = [grpc.StatusCode.FAILED_PRECONDITION]
+    job_id = h.files.add_job(INDEX, [("src-pdf", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.LEASE_LOST
+    assert h.files.completed == [] and h.files.jobs[job_id].finish is None
+
+
+def test_index_config_reads_page_screenshots_only_when_true() -> None:
+    assert IndexConfig.from_json('{"page_screenshots": true}').page_screenshots
+    for text in ("", "null", "[]", "not json", '{"page_screenshots": "true"}', '{"page_screenshots": false}',
+                 '{"pipeline": {}}'):
+        assert not IndexConfig.from_json(text).page_screenshots, text
+
+
 def test_chunk_metadata_keeps_scalars_and_lists() -> None:
     assert chunk_metadata("") == {}
     assert chunk_metadata("[1, 2]") == {}
@@ -308,6 +453,14 @@ def test_chunk_metadata_keeps_scalars_and_lists() -> None:
     assert chunk_metadata(raw) == {
         "a": 1, "b": "x", "c": [1, "y"], "d": None, "e": '{"f":[1]}', "g": '[{"h":1}]',
     }
+
+
+def _png_of_first_page(pdf: bytes) -> bytes:
+    renderer = PdfPageRenderer(pdf, 1.0)
+    try:
+        return renderer.render(0).content
+    finally:
+        renderer.close()
 
 
 def _stale_chunk(file_id: str, i: int) -> Any:

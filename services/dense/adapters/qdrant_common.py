@@ -93,6 +93,7 @@ def chunk_payload(chunk: Chunk) -> dict[str, Any]:
         "token_count": chunk.token_count,
         "page_start": chunk.page_start,
         "page_end": chunk.page_end,
+        "source_id": chunk.source_id,
         META: meta,
         META_STR: {k: v for k, v in meta.items() if isinstance(v, str)},
     }
@@ -114,6 +115,7 @@ def chunk_from_payload(index_id: str, pid: object, payload: Mapping[str, Any] | 
         token_count=int(p.get("token_count", 0)),
         page_start=int(p.get("page_start", 0)),
         page_end=int(p.get("page_end", 0)),
+        source_id=str(p.get("source_id", "")),
     )
 
 

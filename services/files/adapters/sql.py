@@ -19,6 +19,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from alembic import command
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -37,8 +39,10 @@ from sqlalchemy import (
     and_,
     delete,
     event,
+    false,
     func,
     insert,
+    inspect,
     or_,
     select,
     text,
@@ -48,11 +52,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect, Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.sql import FromClause
+from sqlalchemy.sql import FromClause, Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.files import domain as d
+from services.files import migrations
 from services.files.paging import encode_cursor
 from services.files.ports import Cursor
 
@@ -167,7 +172,21 @@ indexes = Table(
     Column("created_at", _TS, nullable=False),
     Column("updated_at", _TS, nullable=False),
     Column("last_synced_at", _TS, nullable=True),
+    # "index" (over a user's directory) or "pipeline" (owns its source directory).
+    Column("kind", String(16), nullable=False, server_default="index"),
+    Column("config_json", Text, nullable=False, server_default="{}"),
+    # Set by a StartSync that found a job running; the job's end clears it and plans the next job.
+    Column("resync_requested", Boolean, nullable=False, server_default=false()),
     Index("ix_indexes_project_created", "project_id", "created_at", "id"),
+)
+# Pipelines are upserted by name: at most one per (project, name), enforced by the database.
+Index(
+    "uq_indexes_pipeline_name",
+    indexes.c.project_id,
+    indexes.c.name,
+    unique=True,
+    sqlite_where=indexes.c.kind == "pipeline",
+    postgresql_where=indexes.c.kind == "pipeline",
 )
 
 _ACTIVE = list(d.ACTIVE_JOB_STATUSES)
@@ -212,6 +231,8 @@ job_items = Table(
     Column("parsed_file_id", _ID, nullable=False),
     Column("chunk_count", Integer, nullable=False),
     Column("error", Text, nullable=False),
+    # The source file's version when the item was planned (0: a delete item, or planned before this column).
+    Column("source_version", Integer, nullable=False, server_default="0"),
 )
 
 parsed_texts = Table(
@@ -229,6 +250,24 @@ parsed_texts = Table(
     Column("updated_at", _TS, nullable=False),
 )
 
+page_images = Table(
+    "page_images",
+    metadata,
+    Column(
+        "parsed_file_id", _ID, ForeignKey("directory_files.id", ondelete="CASCADE"), primary_key=True
+    ),
+    Column("page_index", Integer, primary_key=True, autoincrement=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("content_type", Text, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+)
+
+# A listing with content stops adding files once their bytes pass this (at least one file per
+# page), so the reply stays well under the 256 MiB gRPC message limit.
+CONTENT_PAGE_BYTES = 64 * 1024 * 1024
+
 
 def _new_id() -> str:
     return str(uuid.uuid4())
@@ -245,14 +284,23 @@ def _from_row(cls: type[_T], row: Row[Any], **computed: Any) -> _T:
     return cls(**{name: columns[name] for name in _field_names(cls) if name not in computed}, **computed)
 
 
-def _file(row: Row[Any]) -> d.DirectoryFile:
+def _file(row: Row[Any], content: bytes = b"") -> d.DirectoryFile:
     # The API's file_id is the content hash (blob id); parsed files have none.
-    return _from_row(d.DirectoryFile, row, file_id=row.blob_id or "")
+    return _from_row(d.DirectoryFile, row, file_id=row.blob_id or "", content=content)
 
 
-def _to_index(row: Row[Any], last_job: d.Job | None) -> d.Index:
+def _to_index(row: Row[Any], last_job: d.Job | None, failed_items: int) -> d.Index:
     active = last_job is not None and last_job.status in d.ACTIVE_JOB_STATUSES
-    return _from_row(d.Index, row, sync_in_progress=active, last_job=last_job)
+    return _from_row(
+        d.Index, row, sync_in_progress=active, last_job=last_job, last_job_failed_items=failed_items
+    )
+
+
+def _cursor(row: Row[Any], order: tuple[ColumnElement[Any], ColumnElement[Any]]) -> str:
+    """The page token that resumes after ``row`` in ``order``."""
+    columns = row._mapping
+    key = columns[order[0]]
+    return encode_cursor((key.isoformat() if isinstance(key, datetime) else key, columns[order[1]]))
 
 
 async def _keyset_page(
@@ -275,9 +323,7 @@ async def _keyset_page(
     rows = (await conn.execute(query.order_by(sort, tie).limit(limit + 1))).all()
     if len(rows) <= limit:
         return rows, total, ""
-    last = rows[limit - 1]._mapping
-    key = last[sort]
-    return rows[:limit], total, encode_cursor((key.isoformat() if isinstance(key, datetime) else key, last[tie]))
+    return rows[:limit], total, _cursor(rows[limit - 1], order)
 
 
 async def _retry_on_conflict(attempt: Callable[[], Awaitable[_T]], tries: int = 3) -> _T:
@@ -343,11 +389,33 @@ class SqlCatalog:
     # -- lifecycle
 
     async def start(self) -> None:
-        """Create the schema (and the PostgreSQL schema namespace, when configured) if missing."""
-        async with self._engine.begin() as conn:
-            if self._schema and not self._is_sqlite:
-                await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"'))
-            await conn.run_sync(metadata.create_all)
+        """Bring the schema to the head revision: an empty database is created at head (and stamped),
+        one made before migrations existed (tables, no version table) is taken as revision 0001,
+        anything else is upgraded. Safe when several processes start at once (see
+        ``migration_connection``)."""
+        async with self.migration_connection() as conn:
+            await conn.run_sync(_upgrade_to_head)
+
+    @asynccontextmanager
+    async def migration_connection(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction that holds the migration lock, with the schema namespace in place.
+
+        PostgreSQL: a transaction-level advisory lock keyed on the schema, taken first, so a second
+        starter waits and then reads the version the first one committed (DDL is transactional: a
+        failed upgrade leaves nothing behind). SQLite: BEGIN IMMEDIATE takes the database's write
+        lock up front, which serializes starters the same way.
+        """
+        async with self._writer.begin() as conn:
+            if not self._is_sqlite:
+                key = int.from_bytes(
+                    hashlib.sha256(f"quarry.files.migrate:{self._schema or ''}".encode()).digest()[:8],
+                    "big",
+                    signed=True,
+                )
+                await conn.execute(select(func.pg_advisory_xact_lock(key)))
+                if self._schema:
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self._schema}"'))
+            yield conn
 
     async def ready(self) -> bool:
         """True when a trivial query succeeds."""
@@ -411,8 +479,15 @@ class SqlCatalog:
         async with self._read() as conn:
             return await self._project_row(conn, project_id)
 
-    async def _project_row(self, conn: AsyncConnection, project_id: str) -> d.Project:
-        row = (await conn.execute(select(projects).where(projects.c.id == project_id))).first()
+    async def _project_row(self, conn: AsyncConnection, project_id: str, *, lock: bool = False) -> d.Project:
+        """The project; ``lock`` holds its row until commit (serializes the project's get-or-create writes)."""
+        query = select(projects).where(projects.c.id == project_id)
+        if lock:
+            # FOR NO KEY UPDATE on PostgreSQL: concurrent inserts that reference the project (their
+            # foreign-key checks take KEY SHARE) are not blocked. SQLite's BEGIN IMMEDIATE already
+            # serializes writers, and SQLAlchemy renders no locking clause there.
+            query = query.with_for_update(key_share=True)
+        row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound(f"project {project_id} not found")
         return _from_row(d.Project, row)
@@ -447,6 +522,30 @@ class SqlCatalog:
     async def create_directory(self, project_id: str, name: str, description: str, type: str) -> d.Directory:
         async with self._write() as conn:
             await self._project_row(conn, project_id)
+            return await self._insert_directory(conn, project_id, name, description, type)
+
+    async def ensure_directory(self, project_id: str, name: str, description: str, type: str) -> d.Directory:
+        """The oldest directory with this (name, type), created when missing.
+
+        Directory names are not unique (users may create two "docs"), so there is no constraint to
+        race on: the project row is locked instead, and a second caller reads after the first commits.
+        """
+        async with self._write() as conn:
+            await self._project_row(conn, project_id, lock=True)
+            row = (
+                await conn.execute(
+                    select(directories)
+                    .where(
+                        directories.c.project_id == project_id,
+                        directories.c.name == name,
+                        directories.c.type == type,
+                    )
+                    .order_by(directories.c.created_at, directories.c.id)
+                    .limit(1)
+                )
+            ).first()
+            if row is not None:
+                return _from_row(d.Directory, row)
             return await self._insert_directory(conn, project_id, name, description, type)
 
     async def _insert_directory(
@@ -497,11 +596,17 @@ class SqlCatalog:
             .on_conflict_do_nothing(index_elements=["id"])
         )
 
-    async def _drop_blob_if_unused(self, conn: AsyncConnection, blob_id: str | None) -> None:
-        if not blob_id:
+    async def _drop_blobs_if_unused(self, conn: AsyncConnection, blob_ids: Sequence[str | None]) -> None:
+        ids = sorted({b for b in blob_ids if b})
+        if not ids:
             return
-        in_use = select(directory_files.c.id).where(directory_files.c.blob_id == blob_id).exists()
-        await conn.execute(delete(blobs).where(blobs.c.id == blob_id, ~in_use))
+        in_use = select(directory_files.c.id).where(directory_files.c.blob_id == blobs.c.id).exists()
+        await conn.execute(delete(blobs).where(blobs.c.id.in_(ids), ~in_use))
+
+    async def _writable_directory(self, conn: AsyncConnection, project_id: str, directory_id: str) -> None:
+        directory = await self._directory_row(conn, project_id, directory_id)
+        if directory.type == "index":
+            raise FailedPrecondition(f"directory {directory_id} is an index output directory")
 
     async def upload_file(self, project_id: str, directory_id: str, spec: d.UploadSpec) -> d.DirectoryFile:
         """Insert, or replace the file with the same unique_id (same row id; version+1 if changed)."""
@@ -513,58 +618,119 @@ class SqlCatalog:
         self, project_id: str, directory_id: str, spec: d.UploadSpec, blob_id: str
     ) -> d.DirectoryFile:
         async with self._write() as conn:
-            directory = await self._directory_row(conn, project_id, directory_id)
-            if directory.type == "index":
-                raise FailedPrecondition(f"directory {directory_id} is an index output directory")
+            await self._writable_directory(conn, project_id, directory_id)
             await self._put_blob(conn, blob_id, spec.content)
-            now = self._clock()
             values = {
                 "display_name": spec.display_name,
-                "name_folded": spec.display_name.casefold(),
                 "external_file_id": spec.external_file_id,
                 "blob_id": blob_id,
                 "metadata_json": spec.metadata_json,
                 "size_bytes": len(spec.content),
                 "content_type": spec.content_type,
             }
-            old = (
-                await conn.execute(
-                    select(directory_files).where(
-                        directory_files.c.directory_id == directory_id,
-                        directory_files.c.unique_id == spec.unique_id,
-                    )
-                )
-            ).first()
-            if old is None:
-                file_id = _new_id()
-                await conn.execute(
-                    insert(directory_files).values(
-                        id=file_id,
-                        directory_id=directory_id,
-                        project_id=project_id,
-                        unique_id=spec.unique_id,
-                        version=1,
-                        source_file_id=None,
-                        created_at=now,
-                        updated_at=now,
-                        **values,
-                    )
-                )
-            else:
-                file_id = old.id
-                changed = any(getattr(old, k) != v for k, v in values.items() if k != "metadata_json") or (
-                    json.loads(old.metadata_json or "{}") != json.loads(spec.metadata_json)
-                )
-                if changed:
+            return await self._put_file_row(conn, project_id, directory_id, spec.unique_id, values)
+
+    async def add_directory_file(self, project_id: str, directory_id: str, spec: d.AddSpec) -> d.DirectoryFile:
+        """Put an upload of the project into ``directory_id``, sharing its blob (no bytes copied)."""
+
+        async def attempt() -> d.DirectoryFile:
+            async with self._write() as conn:
+                await self._writable_directory(conn, project_id, directory_id)
+                src = (
                     await conn.execute(
-                        update(directory_files)
-                        .where(directory_files.c.id == old.id)
-                        .values(version=directory_files.c.version + 1, updated_at=now, **values)
+                        select(directory_files).where(
+                            directory_files.c.id == spec.source_directory_file_id,
+                            directory_files.c.project_id == project_id,
+                        )
                     )
-                    if old.blob_id != blob_id:
-                        await self._drop_blob_if_unused(conn, old.blob_id)
-            row = (await conn.execute(select(directory_files).where(directory_files.c.id == file_id))).one()
-            return _file(row)
+                ).first()
+                if src is None:
+                    raise NotFound(f"file {spec.source_directory_file_id} not found")
+                if src.blob_id is None:
+                    raise FailedPrecondition(f"file {src.id} is a parsed file, not an upload")
+                values = {
+                    "display_name": spec.display_name or src.display_name,
+                    "external_file_id": src.external_file_id,
+                    "blob_id": src.blob_id,
+                    "metadata_json": spec.metadata_json,
+                    "size_bytes": src.size_bytes,
+                    "content_type": src.content_type,
+                }
+                return await self._put_file_row(conn, project_id, directory_id, spec.unique_id or src.id, values)
+
+        return await _retry_on_conflict(attempt)
+
+    async def _put_file_row(
+        self, conn: AsyncConnection, project_id: str, directory_id: str, unique_id: str, values: dict[str, Any]
+    ) -> d.DirectoryFile:
+        """Insert the row, or replace the one with the same unique_id: same id, version+1 only when
+        something changed (metadata compared as JSON). A concurrent insert of the same unique_id
+        fails the unique constraint; the caller's retry then takes the replace path."""
+        values = {**values, "name_folded": values["display_name"].casefold()}
+        now = self._clock()
+        old = (
+            await conn.execute(
+                select(directory_files).where(
+                    directory_files.c.directory_id == directory_id, directory_files.c.unique_id == unique_id
+                )
+            )
+        ).first()
+        if old is None:
+            file_id = _new_id()
+            await conn.execute(
+                insert(directory_files).values(
+                    id=file_id,
+                    directory_id=directory_id,
+                    project_id=project_id,
+                    unique_id=unique_id,
+                    version=1,
+                    source_file_id=None,
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
+            )
+        else:
+            file_id = old.id
+            changed = any(getattr(old, k) != v for k, v in values.items() if k != "metadata_json") or (
+                json.loads(old.metadata_json or "{}") != json.loads(values["metadata_json"])
+            )
+            if changed:
+                await conn.execute(
+                    update(directory_files)
+                    .where(directory_files.c.id == old.id)
+                    .values(version=directory_files.c.version + 1, updated_at=now, **values)
+                )
+                if old.blob_id != values["blob_id"]:
+                    await self._drop_blobs_if_unused(conn, [old.blob_id])
+        row = (await conn.execute(select(directory_files).where(directory_files.c.id == file_id))).one()
+        return _file(row)
+
+    async def _file_by_ref(self, conn: AsyncConnection, directory_id: str, ref: d.FileRef) -> Row[Any]:
+        key = directory_files.c.id == ref.id if ref.id else directory_files.c.unique_id == ref.unique_id
+        row = (
+            await conn.execute(select(directory_files).where(directory_files.c.directory_id == directory_id, key))
+        ).first()
+        if row is None:
+            raise NotFound(f"file {ref.id or ref.unique_id} not found")
+        return row
+
+    async def _contents(self, conn: AsyncConnection, blob_ids: Sequence[str | None]) -> dict[str, bytes]:
+        ids = sorted({b for b in blob_ids if b})
+        if not ids:
+            return {}
+        rows = await conn.execute(select(blobs.c.id, blobs.c.content).where(blobs.c.id.in_(ids)))
+        return {r.id: bytes(r.content) for r in rows}
+
+    async def get_directory_file(
+        self, project_id: str, directory_id: str, ref: d.FileRef, include_content: bool
+    ) -> d.DirectoryFile:
+        """One file by id or unique_id; with ``include_content`` its blob's bytes (b"" for a parsed file)."""
+        async with self._read() as conn:
+            await self._directory_row(conn, project_id, directory_id)
+            row = await self._file_by_ref(conn, directory_id, ref)
+            contents = await self._contents(conn, [row.blob_id]) if include_content else {}
+        return _file(row, contents.get(row.blob_id or "", b""))
 
     def _file_conditions(self, directory_id: str, flt: d.FileFilter) -> list[ColumnElement[bool]]:
         conds: list[ColumnElement[bool]] = [directory_files.c.directory_id == directory_id]
@@ -581,9 +747,16 @@ class SqlCatalog:
         return conds
 
     async def list_directory_files(
-        self, project_id: str, directory_id: str, flt: d.FileFilter, limit: int, after: Cursor | None
+        self,
+        project_id: str,
+        directory_id: str,
+        flt: d.FileFilter,
+        limit: int,
+        after: Cursor | None,
+        include_content: bool = False,
     ) -> d.ResultPage[d.DirectoryFile]:
-        """Files ordered by (display_name, id), keyset-paginated."""
+        """Files ordered by (display_name, id), keyset-paginated; with content, a page ends early once
+        its files' bytes pass ``CONTENT_PAGE_BYTES`` (it always holds at least one file)."""
         conds = self._file_conditions(directory_id, flt)
         order = (directory_files.c.display_name, directory_files.c.id)
         async with self._read() as conn:
@@ -591,30 +764,49 @@ class SqlCatalog:
             rows, total, token = await _keyset_page(
                 conn, [directory_files], directory_files, conds, order, after, limit
             )
-        return d.ResultPage(items=[_file(r) for r in rows], next_page_token=token, total_size=total)
+            if not include_content:
+                return d.ResultPage(items=[_file(r) for r in rows], next_page_token=token, total_size=total)
+            taken, size = 0, 0
+            for r in rows:
+                if taken and size + r.size_bytes > CONTENT_PAGE_BYTES:
+                    break
+                taken, size = taken + 1, size + r.size_bytes
+            if taken < len(rows):
+                rows, token = rows[:taken], _cursor(rows[taken - 1], order)
+            contents = await self._contents(conn, [r.blob_id for r in rows])
+        items = [_file(r, contents.get(r.blob_id or "", b"")) for r in rows]
+        return d.ResultPage(items=items, next_page_token=token, total_size=total)
 
-    async def delete_directory_file(self, project_id: str, directory_id: str, file_id: str) -> None:
+    async def delete_directory_file(self, project_id: str, directory_id: str, ref: d.FileRef) -> None:
         async with self._write() as conn:
             await self._directory_row(conn, project_id, directory_id)
-            row = (
-                await conn.execute(
-                    select(directory_files.c.blob_id).where(
-                        directory_files.c.id == file_id, directory_files.c.directory_id == directory_id
-                    )
-                )
-            ).first()
-            if row is None:
-                raise NotFound(f"file {file_id} not found")
-            await conn.execute(delete(parsed_texts).where(parsed_texts.c.parsed_file_id == file_id))
-            await conn.execute(delete(directory_files).where(directory_files.c.id == file_id))
-            await self._drop_blob_if_unused(conn, row.blob_id)
+            row = await self._file_by_ref(conn, directory_id, ref)
+            await self._delete_parsed_data(conn, [row.id])
+            await conn.execute(delete(directory_files).where(directory_files.c.id == row.id))
+            await self._drop_blobs_if_unused(conn, [row.blob_id])
+
+    async def _delete_parsed_data(self, conn: AsyncConnection, parsed_ids: Sequence[str] | Select[tuple[str]]) -> None:
+        """What hangs off parsed-file rows (text, page images), before the rows go; ``parsed_ids``
+        is a list or a subquery of ids."""
+        await conn.execute(delete(page_images).where(page_images.c.parsed_file_id.in_(parsed_ids)))
+        await conn.execute(delete(parsed_texts).where(parsed_texts.c.parsed_file_id.in_(parsed_ids)))
 
     # -- indexes
 
-    async def _index_row(self, conn: AsyncConnection, project_id: str | None, index_id: str) -> Row[Any]:
+    async def _index_row(
+        self, conn: AsyncConnection, project_id: str | None, index_id: str, *, lock: bool = False
+    ) -> Row[Any]:
+        """The index row; ``lock`` holds it until commit (FOR NO KEY UPDATE on PostgreSQL).
+
+        Every transaction that starts or ends an index's job locks the index row before it touches
+        the job (one lock order, no deadlock), so StartSync's resync request and the job's end
+        cannot miss each other.
+        """
         query = select(indexes).where(indexes.c.id == index_id)
         if project_id is not None:
             query = query.where(indexes.c.project_id == project_id)
+        if lock:
+            query = query.with_for_update(key_share=True)
         row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound(f"index {index_id} not found")
@@ -636,52 +828,135 @@ class SqlCatalog:
                 select(jobs).join(latest, and_(jobs.c.index_id == latest.c.index_id, jobs.c.seq == latest.c.seq))
             )
         }
-        return [_to_index(r, last.get(r.id)) for r in rows]
+        failed: dict[str, int] = {}
+        if last:
+            counts = await conn.execute(
+                select(job_items.c.job_id, func.count())
+                .where(job_items.c.job_id.in_([j.id for j in last.values()]), job_items.c.error != "")
+                .group_by(job_items.c.job_id)
+            )
+            failed = {job_id: n for job_id, n in counts}
+        return [
+            _to_index(r, last.get(r.id), failed.get(last[r.id].id, 0) if r.id in last else 0) for r in rows
+        ]
 
     async def _index(self, conn: AsyncConnection, row: Row[Any]) -> d.Index:
         [index] = await self._indexes(conn, [row])
         return index
 
     async def create_index(
-        self, project_id: str, name: str, description: str, source_directory_id: str, metadata_json: str
+        self,
+        project_id: str,
+        name: str,
+        description: str,
+        source_directory_id: str,
+        metadata_json: str,
+        config_json: str = "{}",
     ) -> d.Index:
-        """Create the index and its output directory (type "index")."""
+        """Create the index (kind "index") and its output directory (type "index")."""
         async with self._write() as conn:
             await self._directory_row(conn, project_id, source_directory_id)
-            index_id = _new_id()
-            name = name or f"index-{index_id[:8]}"
-            output = await self._insert_directory(
-                conn, project_id, f"{name} (parsed)", f"Parsed files of index {index_id}", "index"
-            )
-            now = self._clock()
-            await conn.execute(
-                insert(indexes).values(
-                    id=index_id,
-                    project_id=project_id,
-                    name=name,
-                    description=description,
-                    source_directory_id=source_directory_id,
-                    output_directory_id=output.id,
-                    generation=0,
-                    metadata_json=metadata_json,
-                    created_at=now,
-                    updated_at=now,
-                    last_synced_at=None,
-                )
+            index_id = await self._insert_index(
+                conn, project_id, "index", name, description, source_directory_id, metadata_json, config_json
             )
             return await self._index(conn, await self._index_row(conn, project_id, index_id))
+
+    async def _insert_index(
+        self,
+        conn: AsyncConnection,
+        project_id: str,
+        kind: str,
+        name: str,
+        description: str,
+        source_directory_id: str,
+        metadata_json: str,
+        config_json: str,
+    ) -> str:
+        index_id = _new_id()
+        name = name or f"index-{index_id[:8]}"
+        output = await self._insert_directory(
+            conn, project_id, f"{name} (parsed)", f"Parsed files of index {index_id}", "index"
+        )
+        now = self._clock()
+        await conn.execute(
+            insert(indexes).values(
+                id=index_id,
+                project_id=project_id,
+                name=name,
+                description=description,
+                source_directory_id=source_directory_id,
+                output_directory_id=output.id,
+                generation=0,
+                metadata_json=metadata_json,
+                created_at=now,
+                updated_at=now,
+                last_synced_at=None,
+                kind=kind,
+                config_json=config_json,
+                resync_requested=False,
+            )
+        )
+        return index_id
+
+    async def upsert_pipeline(self, project_id: str, name: str, config_json: str) -> d.Index:
+        """Get or create the pipeline ``name`` (with its own source directory, type "pipeline");
+        an existing one takes ``config_json``.
+
+        Racing upserts of one name are serialized by the project row lock (the second one reads the
+        first one's pipeline); the partial unique index on (project, name) of pipelines is the
+        database's guarantee behind it, and a violation is retried (then it takes the update path).
+        """
+
+        async def attempt() -> d.Index:
+            async with self._write() as conn:
+                await self._project_row(conn, project_id, lock=True)
+                row = (
+                    await conn.execute(
+                        select(indexes).where(
+                            indexes.c.project_id == project_id, indexes.c.name == name, indexes.c.kind == "pipeline"
+                        )
+                    )
+                ).first()
+                if row is None:
+                    source = await self._insert_directory(
+                        conn, project_id, name, f"Source files of pipeline {name}", "pipeline"
+                    )
+                    index_id = await self._insert_index(
+                        conn, project_id, "pipeline", name, "", source.id, "{}", config_json
+                    )
+                else:
+                    index_id = row.id
+                    if row.config_json != config_json:
+                        await conn.execute(
+                            update(indexes)
+                            .where(indexes.c.id == index_id)
+                            .values(config_json=config_json, updated_at=self._clock())
+                        )
+                return await self._index(conn, await self._index_row(conn, project_id, index_id))
+
+        return await _retry_on_conflict(attempt)
 
     async def get_index(self, project_id: str, index_id: str) -> d.Index:
         async with self._read() as conn:
             return await self._index(conn, await self._index_row(conn, project_id, index_id))
 
     async def list_indexes(
-        self, project_id: str, source_directory_id: str, limit: int, after: Cursor | None
+        self,
+        project_id: str,
+        source_directory_id: str,
+        limit: int,
+        after: Cursor | None,
+        name: str = "",
+        kind: str = "",
     ) -> d.ResultPage[d.Index]:
-        """Indexes ordered by (created_at, id), keyset-paginated."""
+        """Indexes ordered by (created_at, id), keyset-paginated; filters are exact."""
         conds: list[ColumnElement[bool]] = [indexes.c.project_id == project_id]
         if source_directory_id:
             conds.append(indexes.c.source_directory_id == source_directory_id)
+        if name:
+            conds.append(indexes.c.name == name)
+        if kind:
+            conds.append(indexes.c.kind == kind)
         created_after: tuple[datetime, str] | None = None
         if after is not None:
             try:
@@ -695,22 +970,45 @@ class SqlCatalog:
         return d.ResultPage(items=items, next_page_token=token, total_size=total)
 
     async def delete_index(self, project_id: str, index_id: str) -> d.Index:
-        """Remove the index, its jobs, parsed texts and output directory; returns it (generation+1)."""
+        """Remove the index, its jobs, parsed texts, page images and output directory (a pipeline:
+        also the source directory it owns, unless another index reads it); returns it (generation+1)."""
         async with self._write() as conn:
-            row = await self._index_row(conn, project_id, index_id)
+            row = await self._index_row(conn, project_id, index_id, lock=True)
             before = await self._index(conn, row)
             job_ids = select(jobs.c.id).where(jobs.c.index_id == index_id)
             await conn.execute(delete(job_items).where(job_items.c.job_id.in_(job_ids)))
             await conn.execute(delete(jobs).where(jobs.c.index_id == index_id))
-            await conn.execute(delete(parsed_texts).where(parsed_texts.c.index_id == index_id))
+            parsed_ids = select(directory_files.c.id).where(directory_files.c.directory_id == row.output_directory_id)
+            await self._delete_parsed_data(conn, parsed_ids)
             await conn.execute(
                 delete(directory_files).where(directory_files.c.directory_id == row.output_directory_id)
             )
             await conn.execute(delete(indexes).where(indexes.c.id == index_id))
             await conn.execute(delete(directories).where(directories.c.id == row.output_directory_id))
+            if row.kind == "pipeline":
+                await self._delete_owned_source(conn, row.source_directory_id)
         return dataclasses.replace(
             before, generation=before.generation + 1, sync_in_progress=False, updated_at=self._clock()
         )
+
+    async def _delete_owned_source(self, conn: AsyncConnection, directory_id: str) -> None:
+        """A deleted pipeline's source directory with its files, unless another index reads it."""
+        owned = (
+            await conn.execute(
+                select(directories.c.id).where(directories.c.id == directory_id, directories.c.type == "pipeline")
+            )
+        ).first()
+        shared = (
+            await conn.execute(select(indexes.c.id).where(indexes.c.source_directory_id == directory_id).limit(1))
+        ).first()
+        if owned is None or shared is not None:
+            return
+        blob_ids = (
+            await conn.execute(select(directory_files.c.blob_id).where(directory_files.c.directory_id == directory_id))
+        ).scalars().all()
+        await conn.execute(delete(directory_files).where(directory_files.c.directory_id == directory_id))
+        await self._drop_blobs_if_unused(conn, blob_ids)
+        await conn.execute(delete(directories).where(directories.c.id == directory_id))
 
     # -- syncs
 
@@ -728,7 +1026,8 @@ class SqlCatalog:
         )
 
     async def start_sync(self, project_id: str, index_id: str) -> d.Job:
-        """Plan a job (upserts for new/changed sources, deletes for gone ones) or return the active one."""
+        """Plan a job (upserts for new/changed sources, deletes for gone ones); while one is pending or
+        running, mark the index for a resync (planned when that job ends) and return the active job."""
         try:
             # A conflict means another StartSync created the active job first; the retry returns it.
             return await _retry_on_conflict(lambda: self._start_sync_once(project_id, index_id))
@@ -737,88 +1036,110 @@ class SqlCatalog:
 
     async def _start_sync_once(self, project_id: str, index_id: str) -> d.Job:
         async with self._write() as conn:
-            index = await self._index_row(conn, project_id, index_id)
+            index = await self._index_row(conn, project_id, index_id, lock=True)
             active = await self._active_job(conn, index_id)
             if active is not None:
+                if not index.resync_requested:
+                    await conn.execute(update(indexes).where(indexes.c.id == index_id).values(resync_requested=True))
                 return active
-            sources = (
-                await conn.execute(
-                    select(directory_files.c.id, directory_files.c.version)
-                    .where(directory_files.c.directory_id == index.source_directory_id)
-                    .order_by(directory_files.c.display_name, directory_files.c.id)
-                )
-            ).all()
-            parsed = (
-                await conn.execute(
-                    select(
-                        directory_files.c.id,
-                        directory_files.c.source_file_id,
-                        parsed_texts.c.source_version,
-                    )
-                    .select_from(
-                        directory_files.outerjoin(
-                            parsed_texts, parsed_texts.c.parsed_file_id == directory_files.c.id
-                        )
-                    )
-                    .where(directory_files.c.directory_id == index.output_directory_id)
-                    .order_by(directory_files.c.display_name, directory_files.c.id)
-                )
-            ).all()
-            by_source = {p.source_file_id: p for p in parsed if p.source_file_id}
-            source_ids = {s.id for s in sources}
-            job_id = _new_id()
-            items: list[dict[str, Any]] = []
-            for s in sources:
-                p = by_source.get(s.id)
-                if p is None or p.source_version != s.version:
-                    items.append({"source_file_id": s.id, "action": "upsert", "parsed_file_id": p.id if p else ""})
-            for p in parsed:
-                if p.source_file_id not in source_ids:
-                    items.append(
-                        {"source_file_id": p.source_file_id or p.id, "action": "delete", "parsed_file_id": p.id}
-                    )
-            now = self._clock()
-            seq = (
-                await conn.execute(
-                    select(func.coalesce(func.max(jobs.c.seq), 0)).where(jobs.c.index_id == index_id)
-                )
-            ).scalar_one()
-            empty = not items
+            job = await self._plan_job(conn, index, keep_empty=True)
+            assert job is not None
+            return job
+
+    async def _after_job_end(self, conn: AsyncConnection, index_id: str) -> None:
+        """In the transaction that ended the index's job (its row locked): honour a resync request.
+
+        An empty plan creates no job here, so the ended job stays the index's last one."""
+        index = await self._index_row(conn, None, index_id)
+        if index.resync_requested:
+            await conn.execute(update(indexes).where(indexes.c.id == index_id).values(resync_requested=False))
+            await self._plan_job(conn, index, keep_empty=False)
+
+    async def _plan_job(self, conn: AsyncConnection, index: Row[Any], *, keep_empty: bool) -> d.Job | None:
+        """Insert a job for what changed between the source and output directories (no active job
+        may exist). An empty plan is a job that succeeded at once (generation bumped) when
+        ``keep_empty``, else nothing."""
+        sources = (
             await conn.execute(
-                insert(jobs).values(
-                    id=job_id,
-                    index_id=index_id,
-                    seq=seq + 1,
-                    status="succeeded" if empty else "pending",
-                    worker_id="",
-                    lease_until=None,
-                    attempts=0,
-                    total_items=len(items),
-                    done_items=0,
-                    error="",
-                    created_at=now,
-                    started_at=now if empty else None,
-                    finished_at=now if empty else None,
-                )
+                select(directory_files.c.id, directory_files.c.version)
+                .where(directory_files.c.directory_id == index.source_directory_id)
+                .order_by(directory_files.c.display_name, directory_files.c.id)
             )
-            if items:
-                await conn.execute(
-                    insert(job_items),
-                    [
-                        {
-                            **item,
-                            "job_id": job_id,
-                            "seq": n,
-                            "status": "pending",
-                            "chunk_count": 0,
-                            "error": "",
-                        }
-                        for n, item in enumerate(items)
-                    ],
+        ).all()
+        parsed = (
+            await conn.execute(
+                select(
+                    directory_files.c.id,
+                    directory_files.c.source_file_id,
+                    parsed_texts.c.source_version,
                 )
-            else:
-                await self._bump_generation(conn, index_id, now)
-            return await self._job_row(conn, job_id)
+                .select_from(
+                    directory_files.outerjoin(parsed_texts, parsed_texts.c.parsed_file_id == directory_files.c.id)
+                )
+                .where(directory_files.c.directory_id == index.output_directory_id)
+                .order_by(directory_files.c.display_name, directory_files.c.id)
+            )
+        ).all()
+        by_source = {p.source_file_id: p for p in parsed if p.source_file_id}
+        source_ids = {s.id for s in sources}
+        items: list[dict[str, Any]] = []
+        for s in sources:
+            p = by_source.get(s.id)
+            if p is None or p.source_version != s.version:
+                items.append(
+                    {
+                        "source_file_id": s.id,
+                        "action": "upsert",
+                        "parsed_file_id": p.id if p else "",
+                        "source_version": s.version,
+                    }
+                )
+        for p in parsed:
+            if p.source_file_id not in source_ids:
+                items.append(
+                    {
+                        "source_file_id": p.source_file_id or p.id,
+                        "action": "delete",
+                        "parsed_file_id": p.id,
+                        "source_version": 0,
+                    }
+                )
+        empty = not items
+        if empty and not keep_empty:
+            return None
+        now = self._clock()
+        seq = (
+            await conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0)).where(jobs.c.index_id == index.id))
+        ).scalar_one()
+        job_id = _new_id()
+        await conn.execute(
+            insert(jobs).values(
+                id=job_id,
+                index_id=index.id,
+                seq=seq + 1,
+                status="succeeded" if empty else "pending",
+                worker_id="",
+                lease_until=None,
+                attempts=0,
+                total_items=len(items),
+                done_items=0,
+                error="",
+                created_at=now,
+                started_at=now if empty else None,
+                finished_at=now if empty else None,
+            )
+        )
+        if items:
+            await conn.execute(
+                insert(job_items),
+                [
+                    {**item, "job_id": job_id, "seq": n, "status": "pending", "chunk_count": 0, "error": ""}
+                    for n, item in enumerate(items)
+                ],
+            )
+        else:
+            await self._bump_generation(conn, index.id, now)
+        return await self._job_row(conn, job_id)
 
     async def _job_row(self, conn: AsyncConnection, job_id: str) -> d.Job:
         row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()
@@ -829,7 +1150,7 @@ class SqlCatalog:
     async def cancel_sync(self, project_id: str, index_id: str) -> d.Job:
         """Cancel the pending/running job; FAILED_PRECONDITION when there is none."""
         async with self._write() as conn:
-            await self._index_row(conn, project_id, index_id)
+            await self._index_row(conn, project_id, index_id, lock=True)
             active = await self._active_job(conn, index_id)
             if active is None:
                 raise FailedPrecondition(f"no sync in progress for index {index_id}")
@@ -841,11 +1162,83 @@ class SqlCatalog:
             )
             # Items finished before the cancel already changed what the index serves.
             await self._bump_generation(conn, index_id, now)
+            await self._after_job_end(conn, index_id)
             return await self._job_row(conn, active.id)
 
     async def get_job(self, job_id: str) -> d.Job:
         async with self._read() as conn:
             return await self._job_row(conn, job_id)
+
+    async def get_file_status(self, project_id: str, index_id: str, unique_id: str) -> d.FileStatus:
+        """Where the source file with ``unique_id`` stands, from its latest job item (by job seq),
+        its parsed text and the index's active job / resync request; rules in order:
+
+        pending item in an active job -> IN_PROGRESS; item failed for the current version -> ERROR;
+        parsed text at the current version -> SUCCESS; resync requested -> IN_PROGRESS; another
+        active job (without this file) -> NOT_STARTED; pending item of a cancelled / failed job ->
+        CANCELLED / ERROR (the job's error); otherwise NOT_STARTED.
+        """
+        async with self._read() as conn:
+            index = await self._index_row(conn, project_id, index_id)
+            row = (
+                await conn.execute(
+                    select(directory_files).where(
+                        directory_files.c.directory_id == index.source_directory_id,
+                        directory_files.c.unique_id == unique_id,
+                    )
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"file {unique_id} not found in index {index_id}")
+            item = (
+                await conn.execute(
+                    select(
+                        job_items.c.status,
+                        job_items.c.error,
+                        job_items.c.source_version,
+                        jobs.c.id.label("job_id"),
+                        jobs.c.status.label("job_status"),
+                        jobs.c.error.label("job_error"),
+                    )
+                    .join(jobs, jobs.c.id == job_items.c.job_id)
+                    .where(
+                        jobs.c.index_id == index_id,
+                        job_items.c.source_file_id == row.id,
+                        job_items.c.action == "upsert",
+                    )
+                    .order_by(jobs.c.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+            parsed_version = (
+                await conn.execute(
+                    select(parsed_texts.c.source_version).where(
+                        parsed_texts.c.index_id == index_id, parsed_texts.c.source_file_id == row.id
+                    )
+                )
+            ).scalar_one_or_none()
+            active = await self._active_job(conn, index_id)
+        file = _file(row)
+
+        def status(value: str, job_id: str, error: str = "") -> d.FileStatus:
+            return d.FileStatus(status=value, error=error, job_id=job_id, file=file)
+
+        pending = item is not None and item.status == "pending"
+        if item is not None and pending and item.job_status in d.ACTIVE_JOB_STATUSES:
+            return status(d.FILE_IN_PROGRESS, item.job_id)
+        if item is not None and item.status == "done" and item.error and item.source_version == row.version:
+            return status(d.FILE_ERROR, item.job_id, item.error)
+        if parsed_version == row.version:
+            return status(d.FILE_SUCCESS, item.job_id if item is not None else "")
+        if index.resync_requested:
+            return status(d.FILE_IN_PROGRESS, active.id if active is not None else "")
+        if active is not None:
+            return status(d.FILE_NOT_STARTED, "")
+        if item is not None and pending and item.job_status == "cancelled":
+            return status(d.FILE_CANCELLED, item.job_id)
+        if item is not None and pending and item.job_status == "failed":
+            return status(d.FILE_ERROR, item.job_id, item.job_error)
+        return status(d.FILE_NOT_STARTED, "")
 
     # -- worker protocol
 
@@ -872,6 +1265,7 @@ class SqlCatalog:
                 if row is None:
                     return None
                 if row.attempts >= max_attempts:
+                    await self._index_row(conn, None, row.index_id, lock=True)  # lock order: index, then job
                     gave_up = await conn.execute(
                         update(jobs)
                         .where(jobs.c.id == row.id, jobs.c.attempts == row.attempts, claimable)
@@ -884,6 +1278,7 @@ class SqlCatalog:
                     )
                     if gave_up.rowcount == 1:
                         await self._bump_generation(conn, row.index_id, now)
+                        await self._after_job_end(conn, row.index_id)
                     continue
                 # The guard on attempts (bumped by every claim) and on the claimable state makes the
                 # UPDATE a compare-and-set: of two racing workers only one changes the row.
@@ -942,12 +1337,16 @@ class SqlCatalog:
             raise NotFound(f"source file {source_file_id} not found")
         return _file(row), bytes(row.content)
 
-    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> tuple[str, int]:
+    async def prepare_parsed_file(self, index_id: str, source_file_id: str) -> d.PreparedFile:
         """Get or create the parsed-file row for a source file (stable id across versions)."""
 
-        async def attempt() -> tuple[str, int]:
+        async def attempt() -> d.PreparedFile:
             async with self._write() as conn:
-                return await self._prepare(conn, index_id, source_file_id)
+                parsed_id, version = await self._prepare(conn, index_id, source_file_id)
+                config = (
+                    await conn.execute(select(indexes.c.config_json).where(indexes.c.id == index_id))
+                ).scalar_one()
+            return d.PreparedFile(parsed_file_id=parsed_id, version=version, index_config_json=config)
 
         return await _retry_on_conflict(attempt)
 
@@ -1042,7 +1441,7 @@ class SqlCatalog:
             if not error and item.action == "upsert":
                 parsed_id = await self._store_text(conn, job.index_id, source_file_id, text, pages, chunk_count)
             elif not error and item.action == "delete" and parsed_id:
-                await conn.execute(delete(parsed_texts).where(parsed_texts.c.parsed_file_id == parsed_id))
+                await self._delete_parsed_data(conn, [parsed_id])
                 await conn.execute(delete(directory_files).where(directory_files.c.id == parsed_id))
             await conn.execute(
                 update(job_items)
@@ -1109,6 +1508,7 @@ class SqlCatalog:
             job = await self._job_row(conn, job_id)
             if job.status == status and job.worker_id == worker_id and job.finished_at is not None:
                 return job
+            await self._index_row(conn, None, job.index_id, lock=True)  # lock order: index, then job
             await self._held_job(conn, job_id, worker_id)
             now = self._clock()
             await conn.execute(
@@ -1117,7 +1517,51 @@ class SqlCatalog:
                 .values(status=status, error=error, finished_at=now, lease_until=None)
             )
             await self._bump_generation(conn, job.index_id, now)
+            await self._after_job_end(conn, job.index_id)
             return await self._job_row(conn, job_id)
+
+    async def put_page_images(
+        self, job_id: str, worker_id: str, parsed_file_id: str, images: Sequence[d.PageImage], replace: bool
+    ) -> None:
+        """Upsert page images of a parsed file of the job's index by (file, page); ``replace`` drops
+        the file's other images first. Only the worker holding the job's lease may write."""
+        async with self._write() as conn:
+            job = await self._held_job(conn, job_id, worker_id)
+            index = await self._index_row(conn, None, job.index_id)
+            owned = (
+                await conn.execute(
+                    select(directory_files.c.id).where(
+                        directory_files.c.id == parsed_file_id,
+                        directory_files.c.directory_id == index.output_directory_id,
+                    )
+                )
+            ).first()
+            if owned is None:
+                raise NotFound(f"parsed file {parsed_file_id} not found in index {job.index_id}")
+            if replace:
+                await conn.execute(delete(page_images).where(page_images.c.parsed_file_id == parsed_file_id))
+            if not images:
+                return
+            stmt = self._upsert_insert(page_images)
+            columns = ("content", "content_type", "width", "height", "size_bytes")
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["parsed_file_id", "page_index"],
+                    set_={c: stmt.excluded[c] for c in columns},
+                ),
+                [
+                    {
+                        "parsed_file_id": parsed_file_id,
+                        "page_index": image.page_index,
+                        "content": image.content,
+                        "content_type": image.content_type,
+                        "width": image.width,
+                        "height": image.height,
+                        "size_bytes": len(image.content),
+                    }
+                    for image in images
+                ],
+            )
 
     # -- retrieval over parsed files
 
@@ -1163,6 +1607,75 @@ class SqlCatalog:
             text=row.text,
             pages=pages,
         )
+
+
+    # -- page images
+
+    async def get_page_image(self, project_id: str, file_id: str, page_index: int) -> d.PageImage:
+        """One page image of a parsed file of the project, with its bytes.
+
+        ``file_id`` is a parsed file id or, as LlamaIndex sends it, the id a file was added to a
+        pipeline under (its source's unique_id, the ``POST /beta/files`` id) or the source's own
+        id; for those the most recently updated parsed file of that source answers.
+        """
+        query = (
+            select(page_images)
+            .join(directory_files, directory_files.c.id == page_images.c.parsed_file_id)
+            .where(
+                page_images.c.parsed_file_id == file_id,
+                page_images.c.page_index == page_index,
+                directory_files.c.project_id == project_id,
+            )
+        )
+        parsed, source = directory_files.alias("parsed"), directory_files.alias("source")
+        by_source = (
+            select(page_images)
+            .join(parsed, parsed.c.id == page_images.c.parsed_file_id)
+            .join(source, source.c.id == parsed.c.source_file_id)
+            .where(
+                or_(source.c.unique_id == file_id, source.c.id == file_id),
+                page_images.c.page_index == page_index,
+                parsed.c.project_id == project_id,
+            )
+            .order_by(parsed.c.updated_at.desc(), parsed.c.id)
+            .limit(1)
+        )
+        async with self._read() as conn:
+            row = (await conn.execute(query)).first() or (await conn.execute(by_source)).first()
+        if row is None:
+            raise NotFound(f"page {page_index} of file {file_id} not found")
+        return _page_image(row, bytes(row.content))
+
+    async def list_page_images(self, project_id: str, file_ids: Sequence[str]) -> list[d.PageImage]:
+        """The images of those parsed files (no bytes), by (file_id, page_index); other projects' ids
+        match nothing."""
+        if not file_ids:
+            return []
+        columns = [c for c in page_images.c if c.name != "content"]
+        query = (
+            select(*columns)
+            .join(directory_files, directory_files.c.id == page_images.c.parsed_file_id)
+            .where(page_images.c.parsed_file_id.in_(sorted(set(file_ids))), directory_files.c.project_id == project_id)
+            .order_by(page_images.c.parsed_file_id, page_images.c.page_index)
+        )
+        async with self._read() as conn:
+            return [_page_image(r, b"") for r in await conn.execute(query)]
+
+
+def _page_image(row: Row[Any], content: bytes) -> d.PageImage:
+    return _from_row(d.PageImage, row, file_id=row.parsed_file_id, content=content)
+
+
+def _upgrade_to_head(connection: Connection) -> None:
+    """Runs inside ``migration_connection``'s transaction (alembic joins it, never commits itself)."""
+    config = migrations.alembic_config(connection)
+    if MigrationContext.configure(connection).get_current_revision() is None:
+        if not inspect(connection).has_table(projects.name):
+            metadata.create_all(connection)
+            command.stamp(config, "head")
+            return
+        command.stamp(config, "0001")  # created by create_all before migrations existed
+    command.upgrade(config, "head")
 
 
 def _install_sqlite_hooks(engine: AsyncEngine) -> None:

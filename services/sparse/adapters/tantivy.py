@@ -203,6 +203,7 @@ class TantivyKeywordIndex:
             "token_count": chunk.token_count,
             "page_start": chunk.page_start,
             "page_end": chunk.page_end,
+            "source_id": chunk.source_id,
         }
         doc.add_bytes("chunk", json.dumps(stored, separators=(",", ":")).encode())
         kw, num = metadata_terms(chunk.file_id, chunk.metadata)
@@ -287,6 +288,7 @@ class TantivyKeywordIndex:
             token_count=stored.get("token_count", 0),
             page_start=stored.get("page_start", 0),
             page_end=stored.get("page_end", 0),
+            source_id=stored.get("source_id", ""),
         )
 
     def _count_file(self, handle: _Handle, file_id: str) -> int:

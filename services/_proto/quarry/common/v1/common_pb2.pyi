@@ -194,6 +194,7 @@ class Chunk(_message.Message):
     TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     PAGE_START_FIELD_NUMBER: _builtins.int
     PAGE_END_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     index_id: _builtins.str
     file_id: _builtins.str
@@ -207,6 +208,10 @@ class Chunk(_message.Message):
     token_count: _builtins.int
     page_start: _builtins.int
     page_end: _builtins.int
+    source_id: _builtins.str
+    """The id the user knows the chunk's source by: the source file's unique_id (a pipeline
+    document's id, a pipeline file's id, or a directory file's unique_id).
+    """
     def __init__(
         self,
         *,
@@ -222,10 +227,11 @@ class Chunk(_message.Message):
         token_count: _builtins.int = ...,
         page_start: _builtins.int = ...,
         page_end: _builtins.int = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "content", b"content", "end_char", b"end_char", "file_id", b"file_id", "file_name", b"file_name", "id", b"id", "index_id", b"index_id", "metadata_json", b"metadata_json", "page_end", b"page_end", "page_start", b"page_start", "start_char", b"start_char", "token_count", b"token_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "content", b"content", "end_char", b"end_char", "file_id", b"file_id", "file_name", b"file_name", "id", b"id", "index_id", b"index_id", "metadata_json", b"metadata_json", "page_end", b"page_end", "page_start", b"page_start", "source_id", b"source_id", "start_char", b"start_char", "token_count", b"token_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

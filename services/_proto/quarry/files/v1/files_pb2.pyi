@@ -350,6 +350,7 @@ class DirectoryFile(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     directory_id: _builtins.str
     project_id: _builtins.str
@@ -364,6 +365,8 @@ class DirectoryFile(_message.Message):
     content_type: _builtins.str
     created_at: _builtins.str
     updated_at: _builtins.str
+    content: _builtins.bytes
+    """Only when asked for (GetDirectoryFile / ListDirectoryFiles with include_content)."""
     def __init__(
         self,
         *,
@@ -380,14 +383,83 @@ class DirectoryFile(_message.Message):
         content_type: _builtins.str = ...,
         created_at: _builtins.str = ...,
         updated_at: _builtins.str = ...,
+        content: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "created_at", b"created_at", "directory_id", b"directory_id", "display_name", b"display_name", "external_file_id", b"external_file_id", "file_id", b"file_id", "id", b"id", "metadata_json", b"metadata_json", "project_id", b"project_id", "size_bytes", b"size_bytes", "unique_id", b"unique_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "created_at", b"created_at", "directory_id", b"directory_id", "display_name", b"display_name", "external_file_id", b"external_file_id", "file_id", b"file_id", "id", b"id", "metadata_json", b"metadata_json", "project_id", b"project_id", "size_bytes", b"size_bytes", "unique_id", b"unique_id", "updated_at", b"updated_at", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DirectoryFile: _TypeAlias = DirectoryFile  # noqa: Y015
+
+@_typing.final
+class GetDirectoryFileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    DIRECTORY_ID_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FILE_ID_FIELD_NUMBER: _builtins.int
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_CONTENT_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    directory_id: _builtins.str
+    directory_file_id: _builtins.str
+    """One of the two."""
+    unique_id: _builtins.str
+    include_content: _builtins.bool
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        directory_id: _builtins.str = ...,
+        directory_file_id: _builtins.str = ...,
+        unique_id: _builtins.str = ...,
+        include_content: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_file_id", b"directory_file_id", "directory_id", b"directory_id", "include_content", b"include_content", "project_id", b"project_id", "unique_id", b"unique_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDirectoryFileRequest: _TypeAlias = GetDirectoryFileRequest  # noqa: Y015
+
+@_typing.final
+class AddDirectoryFileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    DIRECTORY_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_DIRECTORY_FILE_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    directory_id: _builtins.str
+    source_directory_file_id: _builtins.str
+    """The directory-file id of an existing upload in the same project."""
+    display_name: _builtins.str
+    """Defaults: the source's display_name; the source's directory-file id; "" (no metadata)."""
+    unique_id: _builtins.str
+    metadata_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        directory_id: _builtins.str = ...,
+        source_directory_file_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        unique_id: _builtins.str = ...,
+        metadata_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_id", b"directory_id", "display_name", b"display_name", "metadata_json", b"metadata_json", "project_id", b"project_id", "source_directory_file_id", b"source_directory_file_id", "unique_id", b"unique_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddDirectoryFileRequest: _TypeAlias = AddDirectoryFileRequest  # noqa: Y015
 
 @_typing.final
 class UploadFileRequest(_message.Message):
@@ -442,6 +514,7 @@ class ListDirectoryFilesRequest(_message.Message):
     DISPLAY_NAME_CONTAINS_FIELD_NUMBER: _builtins.int
     UNIQUE_ID_FIELD_NUMBER: _builtins.int
     FILE_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_CONTENT_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     directory_id: _builtins.str
     page_size: _builtins.int
@@ -450,6 +523,10 @@ class ListDirectoryFilesRequest(_message.Message):
     display_name_contains: _builtins.str
     unique_id: _builtins.str
     file_id: _builtins.str
+    include_content: _builtins.bool
+    """Items carry their bytes; such a page holds at most 100 files and ends once its bytes pass
+    64 MiB (always at least one file).
+    """
     def __init__(
         self,
         *,
@@ -461,10 +538,11 @@ class ListDirectoryFilesRequest(_message.Message):
         display_name_contains: _builtins.str = ...,
         unique_id: _builtins.str = ...,
         file_id: _builtins.str = ...,
+        include_content: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_id", b"directory_id", "display_name", b"display_name", "display_name_contains", b"display_name_contains", "file_id", b"file_id", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "unique_id", b"unique_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_id", b"directory_id", "display_name", b"display_name", "display_name_contains", b"display_name_contains", "file_id", b"file_id", "include_content", b"include_content", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "unique_id", b"unique_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,19 +581,23 @@ class DeleteDirectoryFileRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     DIRECTORY_ID_FIELD_NUMBER: _builtins.int
     DIRECTORY_FILE_ID_FIELD_NUMBER: _builtins.int
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     directory_id: _builtins.str
     directory_file_id: _builtins.str
+    """One of the two."""
+    unique_id: _builtins.str
     def __init__(
         self,
         *,
         project_id: _builtins.str = ...,
         directory_id: _builtins.str = ...,
         directory_file_id: _builtins.str = ...,
+        unique_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_file_id", b"directory_file_id", "directory_id", b"directory_id", "project_id", b"project_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory_file_id", b"directory_file_id", "directory_id", b"directory_id", "project_id", b"project_id", "unique_id", b"unique_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,6 +620,9 @@ class Index(_message.Message):
     LAST_SYNCED_AT_FIELD_NUMBER: _builtins.int
     METADATA_JSON_FIELD_NUMBER: _builtins.int
     LAST_JOB_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    LAST_JOB_FAILED_ITEMS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     project_id: _builtins.str
     name: _builtins.str
@@ -551,6 +636,14 @@ class Index(_message.Message):
     updated_at: _builtins.str
     last_synced_at: _builtins.str
     metadata_json: _builtins.str
+    kind: _builtins.str
+    """"index" (v2: its source directory is the user's) or "pipeline" (owns its source directory)."""
+    config_json: _builtins.str
+    """Index settings as a JSON object: {"page_screenshots": bool, "pipeline": {...the legacy
+    pipeline's echoed fields...}}.
+    """
+    last_job_failed_items: _builtins.int
+    """Items of the most recent job (last_job) that failed (a sync that succeeded with errors)."""
     @_builtins.property
     def last_job(self) -> Global___Job:
         """The most recent sync job, if any."""
@@ -571,10 +664,13 @@ class Index(_message.Message):
         last_synced_at: _builtins.str = ...,
         metadata_json: _builtins.str = ...,
         last_job: Global___Job | None = ...,
+        kind: _builtins.str = ...,
+        config_json: _builtins.str = ...,
+        last_job_failed_items: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_job", b"last_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "generation", b"generation", "id", b"id", "last_job", b"last_job", "last_synced_at", b"last_synced_at", "metadata_json", b"metadata_json", "name", b"name", "output_directory_id", b"output_directory_id", "project_id", b"project_id", "source_directory_id", b"source_directory_id", "sync_in_progress", b"sync_in_progress", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "created_at", b"created_at", "description", b"description", "generation", b"generation", "id", b"id", "kind", b"kind", "last_job", b"last_job", "last_job_failed_items", b"last_job_failed_items", "last_synced_at", b"last_synced_at", "metadata_json", b"metadata_json", "name", b"name", "output_directory_id", b"output_directory_id", "project_id", b"project_id", "source_directory_id", b"source_directory_id", "sync_in_progress", b"sync_in_progress", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,11 +685,13 @@ class CreateIndexRequest(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SOURCE_DIRECTORY_ID_FIELD_NUMBER: _builtins.int
     METADATA_JSON_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     name: _builtins.str
     description: _builtins.str
     source_directory_id: _builtins.str
     metadata_json: _builtins.str
+    config_json: _builtins.str
     def __init__(
         self,
         *,
@@ -602,10 +700,11 @@ class CreateIndexRequest(_message.Message):
         description: _builtins.str = ...,
         source_directory_id: _builtins.str = ...,
         metadata_json: _builtins.str = ...,
+        config_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "metadata_json", b"metadata_json", "name", b"name", "project_id", b"project_id", "source_directory_id", b"source_directory_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "description", b"description", "metadata_json", b"metadata_json", "name", b"name", "project_id", b"project_id", "source_directory_id", b"source_directory_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -641,10 +740,15 @@ class ListIndexesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     SOURCE_DIRECTORY_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
     source_directory_id: _builtins.str
+    name: _builtins.str
+    """Exact name and kind, when set."""
+    kind: _builtins.str
     def __init__(
         self,
         *,
@@ -652,10 +756,12 @@ class ListIndexesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         source_directory_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "source_directory_id", b"source_directory_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "name", b"name", "page_size", b"page_size", "page_token", b"page_token", "project_id", b"project_id", "source_directory_id", b"source_directory_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -752,6 +858,90 @@ class CancelSyncRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelSyncRequest: _TypeAlias = CancelSyncRequest  # noqa: Y015
+
+@_typing.final
+class UpsertPipelineRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    name: _builtins.str
+    config_json: _builtins.str
+    """Replaces the pipeline's config when it exists."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        config_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "name", b"name", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertPipelineRequest: _TypeAlias = UpsertPipelineRequest  # noqa: Y015
+
+@_typing.final
+class GetFileStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    INDEX_ID_FIELD_NUMBER: _builtins.int
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    index_id: _builtins.str
+    unique_id: _builtins.str
+    """The source file's unique_id (a document id, or the id of a file added to a pipeline)."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        index_id: _builtins.str = ...,
+        unique_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_id", b"index_id", "project_id", b"project_id", "unique_id", b"unique_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFileStatusRequest: _TypeAlias = GetFileStatusRequest  # noqa: Y015
+
+@_typing.final
+class FileStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """"NOT_STARTED" (no sync has picked it up yet), "IN_PROGRESS", "SUCCESS" (the current version
+    is indexed), "ERROR" (its last attempt failed), "CANCELLED".
+    """
+    error: _builtins.str
+    job_id: _builtins.str
+    @_builtins.property
+    def file(self) -> Global___DirectoryFile: ...
+    def __init__(
+        self,
+        *,
+        status: _builtins.str = ...,
+        error: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        file: Global___DirectoryFile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "file", b"file", "job_id", b"job_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileStatus: _TypeAlias = FileStatus  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):
@@ -1043,18 +1233,22 @@ class PrepareParsedFileResponse(_message.Message):
 
     PARSED_FILE_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    INDEX_CONFIG_JSON_FIELD_NUMBER: _builtins.int
     parsed_file_id: _builtins.str
     version: _builtins.int
     """The version of the source file this parsed file will hold."""
+    index_config_json: _builtins.str
+    """The index's config_json (e.g. whether to render page screenshots)."""
     def __init__(
         self,
         *,
         parsed_file_id: _builtins.str = ...,
         version: _builtins.int = ...,
+        index_config_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parsed_file_id", b"parsed_file_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index_config_json", b"index_config_json", "parsed_file_id", b"parsed_file_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1154,6 +1348,145 @@ class FinishJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FinishJobRequest: _TypeAlias = FinishJobRequest  # noqa: Y015
+
+@_typing.final
+class PageImage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_INDEX_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    file_id: _builtins.str
+    """The parsed file id and the 0-based page index."""
+    page_index: _builtins.int
+    content: _builtins.bytes
+    """Empty in listings."""
+    content_type: _builtins.str
+    width: _builtins.int
+    height: _builtins.int
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        file_id: _builtins.str = ...,
+        page_index: _builtins.int = ...,
+        content: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "file_id", b"file_id", "height", b"height", "page_index", b"page_index", "size_bytes", b"size_bytes", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PageImage: _TypeAlias = PageImage  # noqa: Y015
+
+@_typing.final
+class PutPageImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    PARSED_FILE_ID_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    worker_id: _builtins.str
+    parsed_file_id: _builtins.str
+    replace: _builtins.bool
+    @_builtins.property
+    def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageImage]: ...
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        parsed_file_id: _builtins.str = ...,
+        images: _abc.Iterable[Global___PageImage] | None = ...,
+        replace: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "job_id", b"job_id", "parsed_file_id", b"parsed_file_id", "replace", b"replace", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutPageImagesRequest: _TypeAlias = PutPageImagesRequest  # noqa: Y015
+
+@_typing.final
+class GetPageImageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    FILE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_INDEX_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    file_id: _builtins.str
+    page_index: _builtins.int
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        file_id: _builtins.str = ...,
+        page_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_id", b"file_id", "page_index", b"page_index", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPageImageRequest: _TypeAlias = GetPageImageRequest  # noqa: Y015
+
+@_typing.final
+class ListPageImagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    FILE_IDS_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    @_builtins.property
+    def file_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        file_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file_ids", b"file_ids", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPageImagesRequest: _TypeAlias = ListPageImagesRequest  # noqa: Y015
+
+@_typing.final
+class ListPageImagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___PageImage]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___PageImage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPageImagesResponse: _TypeAlias = ListPageImagesResponse  # noqa: Y015
 
 @_typing.final
 class FindFilesRequest(_message.Message):

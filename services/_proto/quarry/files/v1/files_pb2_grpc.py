@@ -78,6 +78,11 @@ class FilesStub:
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListDirectoriesRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListDirectoriesResponse.FromString,
                 _registered_method=True)
+        self.EnsureDirectory = channel.unary_unary(
+                '/quarry.files.v1.Files/EnsureDirectory',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateDirectoryRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Directory.FromString,
+                _registered_method=True)
         self.UploadFile = channel.unary_unary(
                 '/quarry.files.v1.Files/UploadFile',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.UploadFileRequest.SerializeToString,
@@ -92,6 +97,16 @@ class FilesStub:
                 '/quarry.files.v1.Files/DeleteDirectoryFile',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.DeleteDirectoryFileRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Empty.FromString,
+                _registered_method=True)
+        self.GetDirectoryFile = channel.unary_unary(
+                '/quarry.files.v1.Files/GetDirectoryFile',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.GetDirectoryFileRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.DirectoryFile.FromString,
+                _registered_method=True)
+        self.AddDirectoryFile = channel.unary_unary(
+                '/quarry.files.v1.Files/AddDirectoryFile',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.AddDirectoryFileRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.DirectoryFile.FromString,
                 _registered_method=True)
         self.CreateIndex = channel.unary_unary(
                 '/quarry.files.v1.Files/CreateIndex',
@@ -128,6 +143,16 @@ class FilesStub:
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.FromString,
                 _registered_method=True)
+        self.UpsertPipeline = channel.unary_unary(
+                '/quarry.files.v1.Files/UpsertPipeline',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.UpsertPipelineRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Index.FromString,
+                _registered_method=True)
+        self.GetFileStatus = channel.unary_unary(
+                '/quarry.files.v1.Files/GetFileStatus',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.GetFileStatusRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.FileStatus.FromString,
+                _registered_method=True)
         self.ClaimJob = channel.unary_unary(
                 '/quarry.files.v1.Files/ClaimJob',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ClaimJobRequest.SerializeToString,
@@ -163,6 +188,11 @@ class FilesStub:
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.FinishJobRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.FromString,
                 _registered_method=True)
+        self.PutPageImages = channel.unary_unary(
+                '/quarry.files.v1.Files/PutPageImages',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.PutPageImagesRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Empty.FromString,
+                _registered_method=True)
         self.FindFiles = channel.unary_unary(
                 '/quarry.files.v1.Files/FindFiles',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.FindFilesRequest.SerializeToString,
@@ -177,6 +207,16 @@ class FilesStub:
                 '/quarry.files.v1.Files/ReadFile',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ReadFileRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
+        self.GetPageImage = channel.unary_unary(
+                '/quarry.files.v1.Files/GetPageImage',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.GetPageImageRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.PageImage.FromString,
+                _registered_method=True)
+        self.ListPageImages = channel.unary_unary(
+                '/quarry.files.v1.Files/ListPageImages',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesResponse.FromString,
                 _registered_method=True)
 
 
@@ -237,6 +277,15 @@ class FilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnsureDirectory(self, request, context):
+        """Get or create the project's directory with this name and type (e.g. the hidden "files"
+        directory that holds uploads made outside any directory, POST /api/v1/beta/files). Types:
+        "user", "ephemeral", "files", "pipeline" ("index" is refused).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UploadFile(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -251,6 +300,21 @@ class FilesServicer:
 
     def DeleteDirectoryFile(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDirectoryFile(self, request, context):
+        """One file of a directory, by its id or its unique_id (optionally with its content).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddDirectoryFile(self, request, context):
+        """Put an already uploaded file (any directory of the project) into a directory, sharing its
+        content: replaces the file with the same unique_id there, like UploadFile.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -294,6 +358,22 @@ class FilesServicer:
 
     def GetJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertPipeline(self, request, context):
+        """Pipelines (the legacy surface): an index of kind "pipeline" that owns its source
+        directory. Upsert by name within the project: creates it, or updates its config.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFileStatus(self, request, context):
+        """Where one source file (by unique_id) of an index stands: indexed at its current version,
+        waiting for or inside a sync, or failed.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -343,6 +423,14 @@ class FilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutPageImages(self, request, context):
+        """Page screenshots of a parsed file (rendered by the worker); replace=true drops the file's
+        earlier images first. Sent in batches to stay under the message size limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FindFiles(self, request, context):
         """Retrieval over parsed files.
         """
@@ -357,6 +445,21 @@ class FilesServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReadFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPageImage(self, request, context):
+        """Page screenshots: one image with its bytes, or what exists for some files (no bytes).
+        GetPageImage's file_id is a parsed file id, or the id of the source file (or its unique_id,
+        e.g. the POST /beta/files id of a file added to a pipeline) of the newest such parsed file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPageImages(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -405,6 +508,11 @@ def add_FilesServicer_to_server(servicer, server):
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListDirectoriesRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListDirectoriesResponse.SerializeToString,
             ),
+            'EnsureDirectory': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnsureDirectory,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateDirectoryRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Directory.SerializeToString,
+            ),
             'UploadFile': grpc.unary_unary_rpc_method_handler(
                     servicer.UploadFile,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.UploadFileRequest.FromString,
@@ -419,6 +527,16 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.DeleteDirectoryFile,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.DeleteDirectoryFileRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Empty.SerializeToString,
+            ),
+            'GetDirectoryFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDirectoryFile,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.GetDirectoryFileRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.DirectoryFile.SerializeToString,
+            ),
+            'AddDirectoryFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddDirectoryFile,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.AddDirectoryFileRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.DirectoryFile.SerializeToString,
             ),
             'CreateIndex': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateIndex,
@@ -455,6 +573,16 @@ def add_FilesServicer_to_server(servicer, server):
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.GetJobRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.SerializeToString,
             ),
+            'UpsertPipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertPipeline,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.UpsertPipelineRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Index.SerializeToString,
+            ),
+            'GetFileStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFileStatus,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.GetFileStatusRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.FileStatus.SerializeToString,
+            ),
             'ClaimJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ClaimJob,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ClaimJobRequest.FromString,
@@ -490,6 +618,11 @@ def add_FilesServicer_to_server(servicer, server):
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.FinishJobRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.SerializeToString,
             ),
+            'PutPageImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutPageImages,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.PutPageImagesRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Empty.SerializeToString,
+            ),
             'FindFiles': grpc.unary_unary_rpc_method_handler(
                     servicer.FindFiles,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.FindFilesRequest.FromString,
@@ -504,6 +637,16 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.ReadFile,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ReadFileRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ReadFileResponse.SerializeToString,
+            ),
+            'GetPageImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPageImage,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.GetPageImageRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.PageImage.SerializeToString,
+            ),
+            'ListPageImages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPageImages,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -737,6 +880,33 @@ class Files:
             _registered_method=True)
 
     @staticmethod
+    def EnsureDirectory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/EnsureDirectory',
+            quarry_dot_files_dot_v1_dot_files__pb2.CreateDirectoryRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Directory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def UploadFile(request,
             target,
             options=(),
@@ -807,6 +977,60 @@ class Files:
             '/quarry.files.v1.Files/DeleteDirectoryFile',
             quarry_dot_files_dot_v1_dot_files__pb2.DeleteDirectoryFileRequest.SerializeToString,
             quarry_dot_files_dot_v1_dot_files__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDirectoryFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/GetDirectoryFile',
+            quarry_dot_files_dot_v1_dot_files__pb2.GetDirectoryFileRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.DirectoryFile.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddDirectoryFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/AddDirectoryFile',
+            quarry_dot_files_dot_v1_dot_files__pb2.AddDirectoryFileRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.DirectoryFile.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1007,6 +1231,60 @@ class Files:
             _registered_method=True)
 
     @staticmethod
+    def UpsertPipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/UpsertPipeline',
+            quarry_dot_files_dot_v1_dot_files__pb2.UpsertPipelineRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Index.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFileStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/GetFileStatus',
+            quarry_dot_files_dot_v1_dot_files__pb2.GetFileStatusRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.FileStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ClaimJob(request,
             target,
             options=(),
@@ -1196,6 +1474,33 @@ class Files:
             _registered_method=True)
 
     @staticmethod
+    def PutPageImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/PutPageImages',
+            quarry_dot_files_dot_v1_dot_files__pb2.PutPageImagesRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def FindFiles(request,
             target,
             options=(),
@@ -1266,6 +1571,60 @@ class Files:
             '/quarry.files.v1.Files/ReadFile',
             quarry_dot_files_dot_v1_dot_files__pb2.ReadFileRequest.SerializeToString,
             quarry_dot_files_dot_v1_dot_files__pb2.ReadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPageImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/GetPageImage',
+            quarry_dot_files_dot_v1_dot_files__pb2.GetPageImageRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.PageImage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPageImages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/ListPageImages',
+            quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,9 +47,20 @@ class FilesStub:
     """Directories and uploaded files."""
     GetDirectory: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetDirectoryRequest, _files_pb2.Directory]
     ListDirectories: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListDirectoriesRequest, _files_pb2.ListDirectoriesResponse]
+    EnsureDirectory: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateDirectoryRequest, _files_pb2.Directory]
+    """Get or create the project's directory with this name and type (e.g. the hidden "files"
+    directory that holds uploads made outside any directory, POST /api/v1/beta/files). Types:
+    "user", "ephemeral", "files", "pipeline" ("index" is refused).
+    """
     UploadFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.UploadFileRequest, _files_pb2.DirectoryFile]
     ListDirectoryFiles: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListDirectoryFilesRequest, _files_pb2.ListDirectoryFilesResponse]
     DeleteDirectoryFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.DeleteDirectoryFileRequest, _files_pb2.Empty]
+    GetDirectoryFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetDirectoryFileRequest, _files_pb2.DirectoryFile]
+    """One file of a directory, by its id or its unique_id (optionally with its content)."""
+    AddDirectoryFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.AddDirectoryFileRequest, _files_pb2.DirectoryFile]
+    """Put an already uploaded file (any directory of the project) into a directory, sharing its
+    content: replaces the file with the same unique_id there, like UploadFile.
+    """
     CreateIndex: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateIndexRequest, _files_pb2.Index]
     """Indexes and syncs."""
     GetIndex: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetIndexRequest, _files_pb2.Index]
@@ -58,6 +69,14 @@ class FilesStub:
     StartSync: _grpc.UnaryUnaryMultiCallable[_files_pb2.StartSyncRequest, _files_pb2.Job]
     CancelSync: _grpc.UnaryUnaryMultiCallable[_files_pb2.CancelSyncRequest, _files_pb2.Job]
     GetJob: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetJobRequest, _files_pb2.Job]
+    UpsertPipeline: _grpc.UnaryUnaryMultiCallable[_files_pb2.UpsertPipelineRequest, _files_pb2.Index]
+    """Pipelines (the legacy surface): an index of kind "pipeline" that owns its source
+    directory. Upsert by name within the project: creates it, or updates its config.
+    """
+    GetFileStatus: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetFileStatusRequest, _files_pb2.FileStatus]
+    """Where one source file (by unique_id) of an index stands: indexed at its current version,
+    waiting for or inside a sync, or failed.
+    """
     ClaimJob: _grpc.UnaryUnaryMultiCallable[_files_pb2.ClaimJobRequest, _files_pb2.ClaimJobResponse]
     """Ingest worker protocol. A job is leased to one worker at a time; an expired lease
     makes the job claimable again, and work items already committed are not redone.
@@ -69,10 +88,20 @@ class FilesStub:
     """Get or create the parsed-file id for a source file in an index (deterministic)."""
     CompleteJobItem: _grpc.UnaryUnaryMultiCallable[_files_pb2.CompleteJobItemRequest, _files_pb2.Empty]
     FinishJob: _grpc.UnaryUnaryMultiCallable[_files_pb2.FinishJobRequest, _files_pb2.Job]
+    PutPageImages: _grpc.UnaryUnaryMultiCallable[_files_pb2.PutPageImagesRequest, _files_pb2.Empty]
+    """Page screenshots of a parsed file (rendered by the worker); replace=true drops the file's
+    earlier images first. Sent in batches to stay under the message size limit.
+    """
     FindFiles: _grpc.UnaryUnaryMultiCallable[_files_pb2.FindFilesRequest, _files_pb2.FindFilesResponse]
     """Retrieval over parsed files."""
     GrepFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.GrepFileRequest, _files_pb2.GrepFileResponse]
     ReadFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]
+    GetPageImage: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetPageImageRequest, _files_pb2.PageImage]
+    """Page screenshots: one image with its bytes, or what exists for some files (no bytes).
+    GetPageImage's file_id is a parsed file id, or the id of the source file (or its unique_id,
+    e.g. the POST /beta/files id of a file added to a pipeline) of the newest such parsed file.
+    """
+    ListPageImages: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListPageImagesRequest, _files_pb2.ListPageImagesResponse]
 
 @_typing.type_check_only
 class FilesAsyncStub(FilesStub):
@@ -93,9 +122,20 @@ class FilesAsyncStub(FilesStub):
     """Directories and uploaded files."""
     GetDirectory: _aio.UnaryUnaryMultiCallable[_files_pb2.GetDirectoryRequest, _files_pb2.Directory]  # type: ignore[assignment]
     ListDirectories: _aio.UnaryUnaryMultiCallable[_files_pb2.ListDirectoriesRequest, _files_pb2.ListDirectoriesResponse]  # type: ignore[assignment]
+    EnsureDirectory: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateDirectoryRequest, _files_pb2.Directory]  # type: ignore[assignment]
+    """Get or create the project's directory with this name and type (e.g. the hidden "files"
+    directory that holds uploads made outside any directory, POST /api/v1/beta/files). Types:
+    "user", "ephemeral", "files", "pipeline" ("index" is refused).
+    """
     UploadFile: _aio.UnaryUnaryMultiCallable[_files_pb2.UploadFileRequest, _files_pb2.DirectoryFile]  # type: ignore[assignment]
     ListDirectoryFiles: _aio.UnaryUnaryMultiCallable[_files_pb2.ListDirectoryFilesRequest, _files_pb2.ListDirectoryFilesResponse]  # type: ignore[assignment]
     DeleteDirectoryFile: _aio.UnaryUnaryMultiCallable[_files_pb2.DeleteDirectoryFileRequest, _files_pb2.Empty]  # type: ignore[assignment]
+    GetDirectoryFile: _aio.UnaryUnaryMultiCallable[_files_pb2.GetDirectoryFileRequest, _files_pb2.DirectoryFile]  # type: ignore[assignment]
+    """One file of a directory, by its id or its unique_id (optionally with its content)."""
+    AddDirectoryFile: _aio.UnaryUnaryMultiCallable[_files_pb2.AddDirectoryFileRequest, _files_pb2.DirectoryFile]  # type: ignore[assignment]
+    """Put an already uploaded file (any directory of the project) into a directory, sharing its
+    content: replaces the file with the same unique_id there, like UploadFile.
+    """
     CreateIndex: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateIndexRequest, _files_pb2.Index]  # type: ignore[assignment]
     """Indexes and syncs."""
     GetIndex: _aio.UnaryUnaryMultiCallable[_files_pb2.GetIndexRequest, _files_pb2.Index]  # type: ignore[assignment]
@@ -104,6 +144,14 @@ class FilesAsyncStub(FilesStub):
     StartSync: _aio.UnaryUnaryMultiCallable[_files_pb2.StartSyncRequest, _files_pb2.Job]  # type: ignore[assignment]
     CancelSync: _aio.UnaryUnaryMultiCallable[_files_pb2.CancelSyncRequest, _files_pb2.Job]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_files_pb2.GetJobRequest, _files_pb2.Job]  # type: ignore[assignment]
+    UpsertPipeline: _aio.UnaryUnaryMultiCallable[_files_pb2.UpsertPipelineRequest, _files_pb2.Index]  # type: ignore[assignment]
+    """Pipelines (the legacy surface): an index of kind "pipeline" that owns its source
+    directory. Upsert by name within the project: creates it, or updates its config.
+    """
+    GetFileStatus: _aio.UnaryUnaryMultiCallable[_files_pb2.GetFileStatusRequest, _files_pb2.FileStatus]  # type: ignore[assignment]
+    """Where one source file (by unique_id) of an index stands: indexed at its current version,
+    waiting for or inside a sync, or failed.
+    """
     ClaimJob: _aio.UnaryUnaryMultiCallable[_files_pb2.ClaimJobRequest, _files_pb2.ClaimJobResponse]  # type: ignore[assignment]
     """Ingest worker protocol. A job is leased to one worker at a time; an expired lease
     makes the job claimable again, and work items already committed are not redone.
@@ -115,10 +163,20 @@ class FilesAsyncStub(FilesStub):
     """Get or create the parsed-file id for a source file in an index (deterministic)."""
     CompleteJobItem: _aio.UnaryUnaryMultiCallable[_files_pb2.CompleteJobItemRequest, _files_pb2.Empty]  # type: ignore[assignment]
     FinishJob: _aio.UnaryUnaryMultiCallable[_files_pb2.FinishJobRequest, _files_pb2.Job]  # type: ignore[assignment]
+    PutPageImages: _aio.UnaryUnaryMultiCallable[_files_pb2.PutPageImagesRequest, _files_pb2.Empty]  # type: ignore[assignment]
+    """Page screenshots of a parsed file (rendered by the worker); replace=true drops the file's
+    earlier images first. Sent in batches to stay under the message size limit.
+    """
     FindFiles: _aio.UnaryUnaryMultiCallable[_files_pb2.FindFilesRequest, _files_pb2.FindFilesResponse]  # type: ignore[assignment]
     """Retrieval over parsed files."""
     GrepFile: _aio.UnaryUnaryMultiCallable[_files_pb2.GrepFileRequest, _files_pb2.GrepFileResponse]  # type: ignore[assignment]
     ReadFile: _aio.UnaryUnaryMultiCallable[_files_pb2.ReadFileRequest, _files_pb2.ReadFileResponse]  # type: ignore[assignment]
+    GetPageImage: _aio.UnaryUnaryMultiCallable[_files_pb2.GetPageImageRequest, _files_pb2.PageImage]  # type: ignore[assignment]
+    """Page screenshots: one image with its bytes, or what exists for some files (no bytes).
+    GetPageImage's file_id is a parsed file id, or the id of the source file (or its unique_id,
+    e.g. the POST /beta/files id of a file added to a pipeline) of the newest such parsed file.
+    """
+    ListPageImages: _aio.UnaryUnaryMultiCallable[_files_pb2.ListPageImagesRequest, _files_pb2.ListPageImagesResponse]  # type: ignore[assignment]
 
 class FilesServicer(metaclass=_abc_1.ABCMeta):
     """The catalog (projects, API keys, directories, uploaded files, indexes, sync jobs), the
@@ -186,6 +244,17 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_files_pb2.ListDirectoriesResponse, _abc.Awaitable[_files_pb2.ListDirectoriesResponse]]: ...
 
     @_abc_1.abstractmethod
+    def EnsureDirectory(
+        self,
+        request: _files_pb2.CreateDirectoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Directory, _abc.Awaitable[_files_pb2.Directory]]:
+        """Get or create the project's directory with this name and type (e.g. the hidden "files"
+        directory that holds uploads made outside any directory, POST /api/v1/beta/files). Types:
+        "user", "ephemeral", "files", "pipeline" ("index" is refused).
+        """
+
+    @_abc_1.abstractmethod
     def UploadFile(
         self,
         request: _files_pb2.UploadFileRequest,
@@ -205,6 +274,24 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request: _files_pb2.DeleteDirectoryFileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.Empty, _abc.Awaitable[_files_pb2.Empty]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDirectoryFile(
+        self,
+        request: _files_pb2.GetDirectoryFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.DirectoryFile, _abc.Awaitable[_files_pb2.DirectoryFile]]:
+        """One file of a directory, by its id or its unique_id (optionally with its content)."""
+
+    @_abc_1.abstractmethod
+    def AddDirectoryFile(
+        self,
+        request: _files_pb2.AddDirectoryFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.DirectoryFile, _abc.Awaitable[_files_pb2.DirectoryFile]]:
+        """Put an already uploaded file (any directory of the project) into a directory, sharing its
+        content: replaces the file with the same unique_id there, like UploadFile.
+        """
 
     @_abc_1.abstractmethod
     def CreateIndex(
@@ -255,6 +342,26 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request: _files_pb2.GetJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.Job, _abc.Awaitable[_files_pb2.Job]]: ...
+
+    @_abc_1.abstractmethod
+    def UpsertPipeline(
+        self,
+        request: _files_pb2.UpsertPipelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Index, _abc.Awaitable[_files_pb2.Index]]:
+        """Pipelines (the legacy surface): an index of kind "pipeline" that owns its source
+        directory. Upsert by name within the project: creates it, or updates its config.
+        """
+
+    @_abc_1.abstractmethod
+    def GetFileStatus(
+        self,
+        request: _files_pb2.GetFileStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.FileStatus, _abc.Awaitable[_files_pb2.FileStatus]]:
+        """Where one source file (by unique_id) of an index stands: indexed at its current version,
+        waiting for or inside a sync, or failed.
+        """
 
     @_abc_1.abstractmethod
     def ClaimJob(
@@ -310,6 +417,16 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_files_pb2.Job, _abc.Awaitable[_files_pb2.Job]]: ...
 
     @_abc_1.abstractmethod
+    def PutPageImages(
+        self,
+        request: _files_pb2.PutPageImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Empty, _abc.Awaitable[_files_pb2.Empty]]:
+        """Page screenshots of a parsed file (rendered by the worker); replace=true drops the file's
+        earlier images first. Sent in batches to stay under the message size limit.
+        """
+
+    @_abc_1.abstractmethod
     def FindFiles(
         self,
         request: _files_pb2.FindFilesRequest,
@@ -330,5 +447,23 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request: _files_pb2.ReadFileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.ReadFileResponse, _abc.Awaitable[_files_pb2.ReadFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetPageImage(
+        self,
+        request: _files_pb2.GetPageImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.PageImage, _abc.Awaitable[_files_pb2.PageImage]]:
+        """Page screenshots: one image with its bytes, or what exists for some files (no bytes).
+        GetPageImage's file_id is a parsed file id, or the id of the source file (or its unique_id,
+        e.g. the POST /beta/files id of a file added to a pipeline) of the newest such parsed file.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPageImages(
+        self,
+        request: _files_pb2.ListPageImagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ListPageImagesResponse, _abc.Awaitable[_files_pb2.ListPageImagesResponse]]: ...
 
 def add_FilesServicer_to_server(servicer: FilesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

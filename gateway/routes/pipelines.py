@@ -1,0 +1,600 @@
+"""The legacy pipelines surface that LlamaIndex's ``LlamaCloudIndex`` / ``LlamaCloudRetriever`` speak.
+
+A pipeline is an index (kind "pipeline") that owns its source directory: documents are stored
+there as text files whose unique_id is the document id, files added from ``/beta/files`` share
+the uploaded bytes. Adding, replacing or deleting documents and files starts a sync (the
+clients' ``upload_file`` and ``delete_ref_doc`` wait for one without asking for it); a sync
+asked for while one runs is queued behind it by the files service, so nothing is lost.
+Any index can be read through this surface (pipeline id == index id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Annotated, Any
+from urllib.parse import unquote_plus
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from gateway import legacy_models as lm
+from gateway import pipelines as use
+from gateway.auth import current_project
+from gateway.backends import Budget
+from gateway.cache import cache_key
+from gateway.errors import error_response, field_error
+from gateway.filters import compile_metadata_filters, conjunction
+from gateway.retrieval import retrieve
+from gateway.routes.retrieval import resolve_index
+from gateway.settings import GatewaySettings
+from services._proto.quarry.files.v1 import files_pb2
+from services.common.domain import DOCUMENT_CONTENT_TYPE
+
+router = APIRouter(prefix="/api/v1", tags=["pipelines"])
+Project = Annotated[files_pb2.Project, Depends(current_project)]
+
+#: Quarry embeds with its own model whatever a client asks for; this is what it reports.
+EMBEDDING_CONFIG = {"type": "QUARRY_EMBEDDING", "component": {"model_name": "all-MiniLM-L6-v2 (int8 ONNX)"}}
+#: Directory (name, type) that holds uploads made outside any directory (``POST /beta/files``).
+FILES_DIRECTORY = ("files", "files")
+_PARALLEL_UPLOADS = 16
+_MAX_DOCUMENTS = 10_000
+
+
+def _settings(request: Request) -> GatewaySettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _files(request: Request):  # type: ignore[no-untyped-def]
+    return request.app.state.backends.files
+
+
+def _timeout(request: Request) -> float:
+    return _settings(request).catalog_timeout_seconds
+
+
+def _opt(value: str) -> str | None:
+    return value or None
+
+
+def _check_project(project: files_pb2.Project, project_id: str | None) -> Response | None:
+    """``?project_id=`` names the caller's project or nothing (an API key has one project)."""
+    if project_id and project_id != project.id:
+        return error_response(404, f"project {project_id} not found")
+    return None
+
+
+# ---- shaping -----------------------------------------------------------------------------------
+
+
+def pipeline(i: files_pb2.Index) -> lm.Pipeline:
+    p = use.index_config(i).get("pipeline") or {}
+    return lm.Pipeline(
+        id=i.id, name=i.name, project_id=i.project_id,
+        embedding_config=p.get("embedding_config") or EMBEDDING_CONFIG,
+        pipeline_type=p.get("pipeline_type") or "MANAGED",
+        transform_config=p.get("transform_config") or {},
+        llama_parse_parameters=p.get("llama_parse_parameters") or {},
+        preset_retrieval_parameters=p.get("preset_retrieval_parameters"),
+        status="CREATED", created_at=_opt(i.created_at), updated_at=_opt(i.updated_at),
+    )
+
+
+def pipeline_status(i: files_pb2.Index) -> lm.IngestionStatusResponse:
+    job = i.last_job if i.HasField("last_job") else None
+    if job is None:
+        return lm.IngestionStatusResponse(status="NOT_STARTED")
+    errors = None
+    if job.status in ("pending", "running"):
+        status = "IN_PROGRESS"
+    elif job.status == "succeeded":
+        status = "PARTIAL_SUCCESS" if i.last_job_failed_items else "SUCCESS"
+        if i.last_job_failed_items:
+            errors = [lm.StatusError(job_id=job.id, message=f"{i.last_job_failed_items} file(s) failed",
+                                     step="ingest")]
+    elif job.status == "cancelled":
+        status = "CANCELLED"
+    else:
+        status = "ERROR"
+        errors = [lm.StatusError(job_id=job.id, message=job.error or "sync failed", step="ingest")]
+    return lm.IngestionStatusResponse(status=status, error=errors, job_id=job.id,
+                                      effective_at=_opt(job.finished_at))
+
+
+def _document(f: files_pb2.DirectoryFile) -> lm.CloudDocument:
+    return lm.CloudDocument(
+        id=f.unique_id, text=f.content.decode("utf-8", errors="replace"),
+        metadata=json.loads(f.metadata_json) if f.metadata_json else {},
+    )
+
+
+def _pipeline_file(index_id: str, f: files_pb2.DirectoryFile, status: str | None = None) -> lm.PipelineFile:
+    meta = json.loads(f.metadata_json) if f.metadata_json else {}
+    return lm.PipelineFile(
+        id=f.id, pipeline_id=index_id, file_id=f.unique_id, name=f.display_name, file_size=f.size_bytes,
+        file_type=_opt(f.content_type), project_id=f.project_id, custom_metadata=meta, status=status,
+        created_at=_opt(f.created_at), updated_at=_opt(f.updated_at),
+    )
+
+
+def _file_status(s: files_pb2.FileStatus) -> lm.IngestionStatusResponse:
+    errors = [lm.StatusError(job_id=s.job_id, message=s.error, step="ingest")] if s.error else None
+    return lm.IngestionStatusResponse(status=s.status, error=errors, job_id=_opt(s.job_id))  # type: ignore[arg-type]
+
+
+# ---- pipelines ---------------------------------------------------------------------------------
+
+
+async def _get_index(request: Request, project: files_pb2.Project, pipeline_id: str) -> files_pb2.Index:
+    return await resolve_index(request, project, pipeline_id)
+
+
+async def _sync(request: Request, project: files_pb2.Project, index_id: str) -> files_pb2.Job:
+    job: files_pb2.Job = await _files(request).StartSync(
+        files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=_timeout(request)
+    )
+    return job
+
+
+def _config(body: lm.PipelineUpsert) -> str:
+    parse = body.llama_parse_parameters or {}
+    echoed = body.model_dump(exclude={"name"}, exclude_none=True)
+    return json.dumps({"page_screenshots": bool(parse.get("take_screenshot")), "pipeline": echoed})
+
+
+async def _upsert(request: Request, project: files_pb2.Project, body: lm.PipelineUpsert) -> files_pb2.Index:
+    index: files_pb2.Index = await _files(request).UpsertPipeline(
+        files_pb2.UpsertPipelineRequest(project_id=project.id, name=body.name, config_json=_config(body)),
+        timeout=_timeout(request),
+    )
+    if not index.HasField("last_job"):
+        # A new pipeline has nothing to ingest: a first (empty) sync makes its status SUCCESS, not
+        # NOT_STARTED, so a client that waits on it right away does not wait forever.
+        await _sync(request, project, index.id)
+        index = await _get_index(request, project, index.id)
+    return index
+
+
+@router.put("/pipelines", response_model=lm.Pipeline)
+async def upsert_pipeline(
+    body: lm.PipelineUpsert, request: Request, project: Project, project_id: str | None = None
+) -> Response | lm.Pipeline:
+    """Create the pipeline, or update the one with this name in the project."""
+    if (wrong := _check_project(project, project_id)) is not None:
+        return wrong
+    return pipeline(await _upsert(request, project, body))
+
+
+async def _find_by_name(request: Request, project: files_pb2.Project, name: str) -> list[files_pb2.Index]:
+    items: list[files_pb2.Index] = []
+    token = ""
+    while True:
+        page = await _files(request).ListIndexes(
+            files_pb2.ListIndexesRequest(project_id=project.id, name=name, page_size=1000, page_token=token),
+            timeout=_timeout(request),
+        )
+        items.extend(page.items)
+        token = page.next_page_token
+        if not token:
+            return items
+
+
+@router.post("/pipelines", response_model=lm.Pipeline)
+async def create_pipeline(
+    body: lm.PipelineUpsert, request: Request, project: Project, project_id: str | None = None
+) -> Response | lm.Pipeline:
+    """Create a pipeline; 409 when one with this name exists (PUT upserts)."""
+    if (wrong := _check_project(project, project_id)) is not None:
+        return wrong
+    if await _find_by_name(request, project, body.name):
+        return error_response(409, f"a pipeline named {body.name!r} exists; PUT /api/v1/pipelines upserts")
+    return pipeline(await _upsert(request, project, body))
+
+
+@router.get("/pipelines", response_model=list[lm.Pipeline])
+async def list_pipelines(
+    request: Request, project: Project, project_id: str | None = None, pipeline_name: str | None = None,
+    project_name: str | None = None, organization_id: str | None = None,
+) -> Response | list[lm.Pipeline]:
+    """Every index of the project is a pipeline here (v2 indexes too), filtered by exact name."""
+    if (wrong := _check_project(project, project_id)) is not None:
+        return wrong
+    if project_name and project_name != project.name:
+        return []
+    return [pipeline(i) for i in await _find_by_name(request, project, pipeline_name or "")]
+
+
+@router.get("/pipelines/{pipeline_id}", response_model=lm.Pipeline)
+async def get_pipeline(pipeline_id: str, request: Request, project: Project) -> lm.Pipeline:
+    return pipeline(await _get_index(request, project, pipeline_id))
+
+
+@router.get("/pipelines/{pipeline_id}/status", response_model=lm.IngestionStatusResponse,
+            response_model_exclude_none=True)
+async def get_pipeline_status(pipeline_id: str, request: Request, project: Project) -> lm.IngestionStatusResponse:
+    return pipeline_status(await _get_index(request, project, pipeline_id))
+
+
+@router.post("/pipelines/{pipeline_id}/sync", response_model=lm.Pipeline)
+async def sync_pipeline(pipeline_id: str, request: Request, project: Project) -> lm.Pipeline:
+    """Start a sync (one asked for while another runs is queued behind it)."""
+    await _sync(request, project, pipeline_id)
+    return pipeline(await _get_index(request, project, pipeline_id))
+
+
+@router.delete("/pipelines/{pipeline_id}", status_code=204)
+async def delete_pipeline(pipeline_id: str, request: Request, project: Project) -> Response:
+    await _files(request).DeleteIndex(
+        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=pipeline_id), timeout=_timeout(request)
+    )
+    await request.app.state.backends.drop_index(pipeline_id, _settings(request).request_timeout_seconds)
+    return Response(status_code=204)
+
+
+# ---- documents ---------------------------------------------------------------------------------
+
+
+def _doc_id(raw: str) -> str:
+    """Document ids arrive ``quote_plus``-ed twice; the router has undone one."""
+    return unquote_plus(raw)
+
+
+async def _put_documents(
+    request: Request, project: files_pb2.Project, pipeline_id: str, docs: list[lm.CloudDocumentCreate]
+) -> Response | list[lm.CloudDocument]:
+    if len(docs) > _MAX_DOCUMENTS:
+        return field_error(("body",), f"at most {_MAX_DOCUMENTS} documents per request")
+    index = await _get_index(request, project, pipeline_id)
+    limit = _settings(request).max_upload_bytes
+    prepared = []
+    for i, doc in enumerate(docs):
+        content = doc.text.encode("utf-8")
+        if len(content) > limit:
+            return field_error(("body", i, "text"), f"text is larger than {limit} bytes")
+        try:
+            meta = json.dumps(doc.metadata, allow_nan=False)
+        except ValueError:
+            return field_error(("body", i, "metadata"), "metadata must be JSON (no NaN or infinity)")
+        prepared.append((doc.id or str(uuid.uuid4()), content, meta, doc))
+    gate = asyncio.Semaphore(_PARALLEL_UPLOADS)
+
+    async def one(doc_id: str, content: bytes, meta: str) -> None:
+        async with gate:
+            await _files(request).UploadFile(
+                files_pb2.UploadFileRequest(
+                    project_id=project.id, directory_id=index.source_directory_id, display_name=doc_id,
+                    content=content, content_type=DOCUMENT_CONTENT_TYPE, unique_id=doc_id, metadata_json=meta,
+                ),
+                timeout=_settings(request).request_timeout_seconds,
+            )
+
+    await asyncio.gather(*(one(doc_id, content, meta) for doc_id, content, meta, _ in prepared))
+    await _sync(request, project, index.id)
+    return [
+        lm.CloudDocument(
+            id=doc_id, text=doc.text, metadata=doc.metadata,
+            excluded_embed_metadata_keys=doc.excluded_embed_metadata_keys,
+            excluded_llm_metadata_keys=doc.excluded_llm_metadata_keys, page_positions=doc.page_positions,
+        )
+        for doc_id, _, _, doc in prepared
+    ]
+
+
+@router.post("/pipelines/{pipeline_id}/documents", response_model=list[lm.CloudDocument])
+async def create_documents(
+    pipeline_id: str, body: list[lm.CloudDocumentCreate], request: Request, project: Project
+) -> Response | list[lm.CloudDocument]:
+    """Add documents (an existing id is replaced: create is an upsert here) and start a sync."""
+    return await _put_documents(request, project, pipeline_id, body)
+
+
+@router.put("/pipelines/{pipeline_id}/documents", response_model=list[lm.CloudDocument])
+async def upsert_documents(
+    pipeline_id: str, body: list[lm.CloudDocumentCreate], request: Request, project: Project
+) -> Response | list[lm.CloudDocument]:
+    return await _put_documents(request, project, pipeline_id, body)
+
+
+async def _list_source(
+    request: Request, project: files_pb2.Project, directory_id: str, skip: int, limit: int, content: bool
+) -> tuple[list[files_pb2.DirectoryFile], int]:
+    """Offset paging over the keyset-paged catalog: walk past ``skip`` without bytes, then read."""
+    token, skipped, total = "", 0, 0
+    files = _files(request)
+    while skipped < skip:
+        page = await files.ListDirectoryFiles(
+            files_pb2.ListDirectoryFilesRequest(project_id=project.id, directory_id=directory_id,
+                                                page_size=min(1000, skip - skipped), page_token=token),
+            timeout=_timeout(request),
+        )
+        skipped += len(page.items)
+        total = page.total_size
+        token = page.next_page_token
+        if not token:
+            return [], total
+    items: list[files_pb2.DirectoryFile] = []
+    while len(items) < limit:
+        page = await files.ListDirectoryFiles(
+            files_pb2.ListDirectoryFilesRequest(project_id=project.id, directory_id=directory_id,
+                                                page_size=min(100, limit - len(items)), page_token=token,
+                                                include_content=content),
+            timeout=_timeout(request),
+        )
+        items.extend(page.items)
+        total = page.total_size
+        token = page.next_page_token
+        if not token:
+            break
+    return items, total
+
+
+@router.get("/pipelines/{pipeline_id}/documents/paginated", response_model=lm.DocumentPage)
+async def list_documents(
+    pipeline_id: str, request: Request, project: Project,
+    skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> lm.DocumentPage:
+    index = await _get_index(request, project, pipeline_id)
+    items, total = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, True)
+    return lm.DocumentPage(documents=[_document(f) for f in items], total_count=total, offset=skip or 0)
+
+
+@router.get("/pipelines/{pipeline_id}/documents", response_model=list[lm.CloudDocument])
+async def list_documents_plain(
+    pipeline_id: str, request: Request, project: Project,
+    skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> list[lm.CloudDocument]:
+    index = await _get_index(request, project, pipeline_id)
+    items, _ = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, True)
+    return [_document(f) for f in items]
+
+
+@router.get("/pipelines/{pipeline_id}/documents/{document_id}", response_model=lm.CloudDocument)
+async def get_document(pipeline_id: str, document_id: str, request: Request, project: Project) -> lm.CloudDocument:
+    index = await _get_index(request, project, pipeline_id)
+    f = await _files(request).GetDirectoryFile(
+        files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
+                                          unique_id=_doc_id(document_id), include_content=True),
+        timeout=_timeout(request),
+    )
+    return _document(f)
+
+
+@router.get("/pipelines/{pipeline_id}/documents/{document_id}/status", response_model=lm.IngestionStatusResponse,
+            response_model_exclude_none=True)
+async def get_document_status(
+    pipeline_id: str, document_id: str, request: Request, project: Project
+) -> lm.IngestionStatusResponse:
+    status = await _files(request).GetFileStatus(
+        files_pb2.GetFileStatusRequest(project_id=project.id, index_id=pipeline_id, unique_id=_doc_id(document_id)),
+        timeout=_timeout(request),
+    )
+    return _file_status(status)
+
+
+@router.delete("/pipelines/{pipeline_id}/documents/{document_id}", status_code=204)
+async def delete_document(pipeline_id: str, document_id: str, request: Request, project: Project) -> Response:
+    """Remove the document and start the sync that removes its chunks."""
+    index = await _get_index(request, project, pipeline_id)
+    await _files(request).DeleteDirectoryFile(
+        files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
+                                             unique_id=_doc_id(document_id)),
+        timeout=_timeout(request),
+    )
+    await _sync(request, project, index.id)
+    return Response(status_code=204)
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+async def _files_directory(request: Request, project: files_pb2.Project) -> files_pb2.Directory:
+    name, kind = FILES_DIRECTORY
+    directory: files_pb2.Directory = await _files(request).EnsureDirectory(
+        files_pb2.CreateDirectoryRequest(project_id=project.id, name=name, type=kind,
+                                         description="uploads made outside any directory (POST /api/v1/beta/files)"),
+        timeout=_timeout(request),
+    )
+    return directory
+
+
+def _file(f: files_pb2.DirectoryFile) -> lm.File:
+    return lm.File(
+        id=f.id, name=f.display_name, project_id=f.project_id, file_size=f.size_bytes,
+        file_type=_opt(f.content_type), external_file_id=_opt(f.external_file_id),
+        created_at=_opt(f.created_at), updated_at=_opt(f.updated_at),
+    )
+
+
+@router.post("/beta/files", response_model=lm.File)
+async def upload_project_file(
+    request: Request, project: Project, file: Annotated[UploadFile, File()],
+    purpose: Annotated[str | None, Form()] = None, external_file_id: Annotated[str | None, Form()] = None,
+    project_id: str | None = None,
+) -> Response | lm.File:
+    """Store a file in the project (not yet in any index); its id is what pipelines and
+    directories accept as ``file_id``."""
+    if (wrong := _check_project(project, project_id)) is not None:
+        return wrong
+    limit = _settings(request).max_upload_bytes
+    content = await file.read(limit + 1)
+    if len(content) > limit:
+        return error_response(413, f"file is larger than {limit} bytes")
+    if not file.filename:
+        return field_error(("body", "file"), "the upload needs a file name")
+    directory = await _files_directory(request, project)
+    f = await _files(request).UploadFile(
+        files_pb2.UploadFileRequest(
+            project_id=project.id, directory_id=directory.id, display_name=file.filename, content=content,
+            content_type=file.content_type or "", unique_id=str(uuid.uuid4()),
+            external_file_id=external_file_id or "",
+        ),
+        timeout=_settings(request).request_timeout_seconds,
+    )
+    return _file(f)
+
+
+@router.get("/beta/files/{file_id}", response_model=lm.File)
+async def get_project_file(file_id: str, request: Request, project: Project) -> lm.File:
+    directory = await _files_directory(request, project)
+    f = await _files(request).GetDirectoryFile(
+        files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=directory.id, directory_file_id=file_id),
+        timeout=_timeout(request),
+    )
+    return _file(f)
+
+
+def _file_metadata(custom: dict[str, Any] | None, name: str, file_id: str) -> str:
+    """Custom metadata plus the file's name and id (user keys win), as every chunk will carry them."""
+    return json.dumps({"file_name": name, "file_id": file_id, **(custom or {})}, allow_nan=False)
+
+
+@router.put("/pipelines/{pipeline_id}/files", response_model=list[lm.PipelineFile])
+async def add_pipeline_files(
+    pipeline_id: str, body: list[lm.PipelineFileCreate], request: Request, project: Project
+) -> Response | list[lm.PipelineFile]:
+    """Add uploaded files (``POST /beta/files`` ids) to the pipeline and start a sync."""
+    index = await _get_index(request, project, pipeline_id)
+    directory = await _files_directory(request, project)
+    added = []
+    for i, item in enumerate(body):
+        try:
+            source = await _files(request).GetDirectoryFile(
+                files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=directory.id,
+                                                  directory_file_id=item.file_id),
+                timeout=_timeout(request),
+            )
+            meta = _file_metadata(item.custom_metadata, source.display_name, item.file_id)
+        except ValueError:
+            return field_error(("body", i, "custom_metadata"), "custom_metadata must be JSON (no NaN or infinity)")
+        added.append(await _files(request).AddDirectoryFile(
+            files_pb2.AddDirectoryFileRequest(
+                project_id=project.id, directory_id=index.source_directory_id,
+                source_directory_file_id=item.file_id, unique_id=item.file_id, metadata_json=meta,
+            ),
+            timeout=_timeout(request),
+        ))
+    await _sync(request, project, index.id)
+    return [_pipeline_file(index.id, f, "NOT_STARTED") for f in added]
+
+
+@router.get("/pipelines/{pipeline_id}/files", response_model=list[lm.PipelineFile])
+async def list_pipeline_files(
+    pipeline_id: str, request: Request, project: Project,
+    skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> list[lm.PipelineFile]:
+    index = await _get_index(request, project, pipeline_id)
+    items, _ = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, False)
+    return [_pipeline_file(index.id, f) for f in items]
+
+
+@router.get("/pipelines/{pipeline_id}/files/{file_id}/status", response_model=lm.IngestionStatusResponse,
+            response_model_exclude_none=True)
+async def get_pipeline_file_status(
+    pipeline_id: str, file_id: str, request: Request, project: Project
+) -> lm.IngestionStatusResponse:
+    status = await _files(request).GetFileStatus(
+        files_pb2.GetFileStatusRequest(project_id=project.id, index_id=pipeline_id, unique_id=file_id),
+        timeout=_timeout(request),
+    )
+    return _file_status(status)
+
+
+@router.delete("/pipelines/{pipeline_id}/files/{file_id}", status_code=204)
+async def delete_pipeline_file(pipeline_id: str, file_id: str, request: Request, project: Project) -> Response:
+    index = await _get_index(request, project, pipeline_id)
+    await _files(request).DeleteDirectoryFile(
+        files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
+                                             unique_id=file_id),
+        timeout=_timeout(request),
+    )
+    await _sync(request, project, index.id)
+    return Response(status_code=204)
+
+
+# ---- retrieve ----------------------------------------------------------------------------------
+
+
+@router.post("/pipelines/{pipeline_id}/retrieve", response_model=lm.RetrieveResults)
+async def retrieve_pipeline(
+    pipeline_id: str, body: lm.PipelineRetrieveRequest, request: Request, project: Project
+) -> Response:
+    """Retrieve from a pipeline in any of the four modes (see ``gateway.pipelines``)."""
+    settings = _settings(request)
+    started = time.perf_counter()
+    budget = Budget(settings.request_timeout_seconds)
+    explicit = compile_metadata_filters(body.search_filters)
+    inferred, inferred_shown, inference_note = use.infer_filters(body.search_filters_inference_schema, body.query)
+    flt = conjunction([f for f in (explicit, inferred) if f is not None])
+    plan = use.legacy_plan(pipeline_id, body, settings, flt)
+    if plan.dense_weight <= 0 and plan.sparse_weight <= 0:
+        return field_error(("body", "alpha"), "alpha leaves no leg to search")
+    index = await _get_index(request, project, pipeline_id)
+    key = cache_key("pipeline-retrieve", index.id, index.generation, body.model_dump(mode="json"))
+    cache = request.app.state.cache
+    if (hit := await cache.get(key)) is not None:
+        payload = json.loads(hit)
+        payload["retrieval_latency"] = {"total": time.perf_counter() - started}
+        payload["metadata"]["cached"] = "true"
+        return JSONResponse(payload)
+
+    backends = request.app.state.backends
+    metadata: dict[str, str] = {}
+    mode = body.retrieval_mode or "chunks"
+    if mode == "auto_routed":
+        t0 = time.perf_counter()
+        mode, reason = await use.route(backends, plan, budget)
+        metadata["routing_reason"] = reason
+        metadata["requested_retrieval_mode"] = "auto_routed"
+        route_seconds = time.perf_counter() - t0
+    else:
+        route_seconds = 0.0
+    metadata["retrieval_mode"] = mode
+    if inference_note:
+        metadata["search_filters_inference"] = inference_note
+
+    files_top_k = body.files_top_k or 1
+    if mode == "chunks":
+        outcome = await retrieve(backends, plan, budget)
+        nodes = [use.chunk_node(r) for r in outcome.results]
+        touched = [(r.fused.chunk, use.result_score(r)) for r in outcome.results]
+        whole_files = False
+    else:
+        pick = use.files_via_content if mode == "files_via_content" else use.files_via_metadata
+        chosen, outcome = await pick(backends, plan, files_top_k, budget)
+        texts = await use.read_whole(backends, project.id, index.id, chosen, settings.max_file_node_chars,
+                                     budget.remaining())
+        nodes = [use.file_node(f, t) for f, t in zip(chosen, texts, strict=True)]
+        touched = [(f.chunk, f.score) for f in chosen]
+        whole_files = True
+    if outcome.degraded:
+        metadata["degraded"] = "; ".join(outcome.degraded)
+
+    image_nodes: list[lm.PageScreenshotNodeWithScore] = []
+    if body.retrieve_page_screenshot_nodes or body.retrieve_image_nodes:
+        if use.index_config(index).get("page_screenshots"):
+            image_nodes = await use.screenshot_nodes(
+                backends, project.id, use.pages_of(touched, whole_files), settings.max_image_nodes,
+                budget.remaining(),
+            )
+        else:
+            metadata["page_screenshots"] = (
+                "not stored for this pipeline: set llama_parse_parameters.take_screenshot=true and re-ingest"
+            )
+    if body.retrieve_page_figure_nodes or body.retrieve_image_nodes:
+        metadata["page_figures"] = "Quarry does not extract page figures"
+
+    latency = dict(outcome.latency)
+    if route_seconds:
+        latency["routing"] = route_seconds
+    latency["total"] = time.perf_counter() - started
+    response = lm.RetrieveResults(
+        pipeline_id=index.id, retrieval_nodes=nodes, image_nodes=image_nodes,
+        inferred_search_filters=inferred_shown, retrieval_latency=latency, metadata=metadata,
+    )
+    payload = response.model_dump(mode="json", exclude_none=True)
+    if not outcome.degraded:
+        await cache.set(key, json.dumps(payload).encode(), settings.cache_ttl_seconds)
+    return JSONResponse(payload)
