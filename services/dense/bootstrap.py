@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.dense.adapters.qdrant_edge import QdrantEdgeVectorIndex
-from services.dense.adapters.qdrant_server import QdrantServerVectorIndex
+from services.dense.adapters.qdrant_server import CollectionConfig, QdrantServerVectorIndex
 from services.dense.embedding import OnnxEmbedder
 from services.dense.ports import Embedder, VectorIndex
 from services.dense.service import DenseService
@@ -20,19 +20,37 @@ class Bootstrapped:
     close: Callable[[], Awaitable[None]]
 
 
+def collection_config(settings: DenseSettings) -> CollectionConfig:
+    """The server collection's configuration from the ``qdrant_*`` and HNSW settings."""
+    return CollectionConfig(
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construct=settings.hnsw_ef_construct,
+        on_disk=settings.qdrant_on_disk,
+        quantization=settings.qdrant_quantization,
+        quantile=settings.qdrant_quantization_quantile,
+        always_ram=settings.qdrant_quantization_always_ram,
+        shard_number=settings.qdrant_shard_number,
+        replication_factor=settings.qdrant_replication_factor,
+        write_consistency_factor=settings.qdrant_write_consistency_factor,
+    )
+
+
 def build_index(settings: DenseSettings, embedder: Embedder) -> VectorIndex:
     """The Qdrant server adapter when ``qdrant_url`` is set, else embedded Qdrant shards."""
     if settings.qdrant_url:
+        api_key = settings.qdrant_api_key
         return QdrantServerVectorIndex.connect(
             settings.qdrant_url,
-            api_key=settings.qdrant_api_key,
+            api_key=api_key.get_secret_value() if api_key else None,
             timeout=settings.timeout_seconds,
+            prefer_grpc=settings.qdrant_prefer_grpc,
+            grpc_port=settings.qdrant_grpc_port,
             model_name=embedder.model_name,
             dim=embedder.dim,
             collection_prefix=settings.collection_prefix,
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_construct=settings.hnsw_ef_construct,
+            config=collection_config(settings),
             search_ef=settings.search_ef,
+            oversampling=settings.qdrant_oversampling,
         )
     return QdrantEdgeVectorIndex(
         settings.data_dir,

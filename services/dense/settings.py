@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -12,14 +14,37 @@ class DenseSettings(ServiceSettings):
     """Embedding model, vector engine and their knobs.
 
     The engine is the embedded Qdrant (one shard per index under ``data_dir``) unless
-    ``qdrant_url`` is set, in which case the Qdrant server adapter is used.
+    ``qdrant_url`` is set (``QUARRY_DENSE_QDRANT_URL``, e.g. ``http://qdrant:6333``), in which
+    case the Qdrant server adapter is used with no other change: one collection per embedding
+    model, the index id as its tenant key. Its API key comes from ``QUARRY_DENSE_QDRANT_API_KEY``
+    (never from the image). ``hnsw_m``, ``hnsw_ef_construct`` and ``search_ef`` apply to both
+    engines; the ``qdrant_*`` settings below to the server only, and only when the collection
+    is created (an existing collection keeps its configuration).
     """
 
     model_config = SettingsConfigDict(env_prefix="QUARRY_DENSE_")  # merged with the base config
 
     data_dir: str = Field(default="./data/dense", description="embedded Qdrant shards live here")
     qdrant_url: str | None = Field(default=None, description="a Qdrant server: use the server adapter")
-    qdrant_api_key: str | None = None
+    qdrant_api_key: SecretStr | None = Field(default=None, description="the Qdrant server's API key")
+    qdrant_prefer_grpc: bool = Field(default=True, description="talk gRPC (port qdrant_grpc_port) over REST")
+    qdrant_grpc_port: int = Field(default=6334, ge=1, le=65535)
+    qdrant_on_disk: bool = Field(
+        default=False, description="original vectors memory-mapped from disk (pair with int8 quantization)"
+    )
+    qdrant_quantization: Literal["none", "int8"] = Field(
+        default="none", description="int8: scalar quantization, searched first, rescored with the originals"
+    )
+    qdrant_quantization_quantile: float = Field(default=0.99, gt=0.5, le=1.0)
+    qdrant_quantization_always_ram: bool = Field(default=True, description="keep quantized vectors in RAM")
+    qdrant_oversampling: float | None = Field(
+        default=None, ge=1.0, description="with quantization: fetch top_k x this, rescore, cut to top_k"
+    )
+    qdrant_shard_number: int | None = Field(default=None, ge=1, description="shards (server default: one per node)")
+    qdrant_replication_factor: int | None = Field(default=None, ge=1, description="copies of each shard")
+    qdrant_write_consistency_factor: int | None = Field(
+        default=None, ge=1, description="replicas that must acknowledge a write"
+    )
     collection_prefix: str = Field(default="quarry-", description="server collection name prefix")
     timeout_seconds: float = Field(default=10.0, gt=0, description="per call to the Qdrant server")
     model_dir: str | None = Field(default=None, description="model.onnx + tokenizer.json; default packaged")

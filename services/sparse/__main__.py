@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from services.common.grpc_server import run, serve
 from services.common.logging import configure
 from services.sparse.bootstrap import SparseApp, bootstrap
-from services.sparse.errors import NotImplementedBackend
 from services.sparse.servicer import SERVICE_NAME, SparseServicer, register
 from services.sparse.settings import SparseSettings
 
@@ -23,11 +21,7 @@ def main() -> None:
     """Run the sparse service until SIGTERM/SIGINT."""
     settings = SparseSettings()
     configure("sparse", level=settings.log_level, fmt=settings.log_format)
-    try:
-        app = bootstrap(settings)
-    except NotImplementedBackend as exc:
-        log.error("cannot start: %s", exc)
-        sys.exit(2)
+    app = bootstrap(settings)
     run(lambda: _serve(settings, app))
 
 

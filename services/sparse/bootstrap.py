@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from services.sparse.adapters.opensearch import OpenSearchKeywordIndex, WriteOptions
+from services.sparse.adapters.opensearch_dsl import IndexLayout
 from services.sparse.adapters.tantivy import TantivyKeywordIndex
-from services.sparse.errors import NotImplementedBackend
 from services.sparse.ports import KeywordIndex
 from services.sparse.service import SparseService
 from services.sparse.settings import SparseSettings
@@ -19,13 +20,38 @@ class SparseApp:
     close: Callable[[], Awaitable[None]]
 
 
+def opensearch_index(settings: SparseSettings) -> OpenSearchKeywordIndex:
+    """The OpenSearch adapter for ``settings.opensearch_url`` (makes no request)."""
+    password, api_key = settings.opensearch_password, settings.opensearch_api_key
+    return OpenSearchKeywordIndex.connect(
+        settings.opensearch_urls(),
+        username=settings.opensearch_username,
+        password=password.get_secret_value() if password else None,
+        api_key=api_key.get_secret_value() if api_key else None,
+        verify_certs=settings.opensearch_verify_certs,
+        ca_certs=settings.opensearch_ca_certs,
+        timeout=settings.timeout,
+        layout=IndexLayout(
+            prefix=settings.opensearch_index_prefix,
+            shards=settings.opensearch_shards,
+            replicas=settings.opensearch_replicas,
+            refresh_interval=settings.opensearch_refresh_interval,
+            total_fields_limit=settings.opensearch_total_fields_limit,
+        ),
+        writes=WriteOptions(
+            batch_size=settings.opensearch_bulk_batch_size,
+            max_bytes=settings.opensearch_bulk_max_bytes,
+            concurrency=settings.opensearch_bulk_concurrency,
+            retries=settings.opensearch_retries,
+        ),
+        manage_template=settings.opensearch_manage_template,
+    )
+
+
 def keyword_index(settings: SparseSettings) -> KeywordIndex:
     """The adapter the settings select: embedded tantivy unless an OpenSearch URL is given."""
-    if settings.opensearch_url:
-        raise NotImplementedBackend(
-            "QUARRY_SPARSE_OPENSEARCH_URL is set, but the OpenSearch keyword index is not implemented "
-            "yet; unset it to use the embedded tantivy index under QUARRY_SPARSE_DATA_DIR"
-        )
+    if settings.opensearch_urls():
+        return opensearch_index(settings)
     return TantivyKeywordIndex(
         settings.data_dir,
         writer_heap_bytes=settings.writer_heap_mb * 1024 * 1024,

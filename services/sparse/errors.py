@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.errors import FailedPrecondition, InvalidArgument, QuarryError
+from services.common.errors import InvalidArgument, QuarryError, Unavailable
 
 
 class SparseError(QuarryError):
@@ -17,5 +17,5 @@ class InvalidFilter(InvalidArgument, SparseError):
     """A filter tree the engine cannot evaluate (wrong arity, a range over a non-number)."""
 
 
-class NotImplementedBackend(FailedPrecondition, SparseError):
-    """The settings select a backend that this build does not ship yet."""
+class BackendUnavailable(Unavailable, SparseError):
+    """The search cluster cannot be reached, is overloaded after retries, or refuses our credentials."""

@@ -1,37 +1,89 @@
 """The ``KeywordIndex`` contract: every adapter answers these scenarios identically.
 
-Adapters are listed in ``ADAPTERS`` as factories ``(tmp_path) -> open``, where ``open()`` returns
-a new client over the same storage (so a reopen tests persistence). An OpenSearch adapter joins
-as one more entry, skipped loudly unless ``QUARRY_TEST_OPENSEARCH_URL`` is set.
+Adapters are listed in ``ADAPTERS`` as factories ``(tmp_path) -> Backend``, where
+``Backend.open()`` returns a new client over the same storage (so a reopen tests persistence)
+and ``Backend.cleanup`` removes what the test left behind.
+
+OpenSearch runs against the cluster at ``QUARRY_TEST_OPENSEARCH_URL`` (credentials, if any, in
+``QUARRY_TEST_OPENSEARCH_USERNAME`` / ``..._PASSWORD``; ``QUARRY_TEST_OPENSEARCH_VERIFY_CERTS=0``
+for a self-signed test cluster), each test under its own index prefix, all of it deleted
+afterwards; without that variable every OpenSearch case is skipped with the reason in the
+summary (no OpenSearch server runs on the development machines).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from services.common.domain import Chunk, Condition, FilterNode, Op, chunk_id
+from services.sparse.adapters.opensearch import OpenSearchKeywordIndex
+from services.sparse.adapters.opensearch_dsl import IndexLayout, template_name
 from services.sparse.adapters.tantivy import TantivyKeywordIndex
 from services.sparse.ports import KeywordIndex
 from tests.contract.filter_scenarios import CHUNKS, INDEX, LEGACY, REQUIRED
 
 Opener = Callable[[], KeywordIndex]
 
+OPENSEARCH_URL = os.environ.get("QUARRY_TEST_OPENSEARCH_URL")
+NO_OPENSEARCH = "QUARRY_TEST_OPENSEARCH_URL is not set: no OpenSearch cluster for the OpenSearch adapter"
 
-def _tantivy(tmp_path: Path) -> Opener:
-    return lambda: TantivyKeywordIndex(tmp_path / "sparse", writer_heap_bytes=16 * 1024 * 1024, threads=2)
+
+@dataclass(frozen=True)
+class Backend:
+    open: Opener
+    cleanup: Callable[[], Awaitable[None]] | None = None
 
 
-ADAPTERS: dict[str, Callable[[Path], Opener]] = {"tantivy": _tantivy}
+def _tantivy(tmp_path: Path) -> Backend:
+    return Backend(lambda: TantivyKeywordIndex(tmp_path / "sparse", writer_heap_bytes=16 * 1024 * 1024, threads=2))
+
+
+def _opensearch(tmp_path: Path) -> Backend:
+    if not OPENSEARCH_URL:
+        pytest.skip(NO_OPENSEARCH)
+    # A prefix per test: the fixed index ids of the scenarios never meet another run's indexes.
+    layout = IndexLayout(prefix=f"qtest-{uuid.uuid4().hex[:12]}-", replicas=0, refresh_interval="100ms")
+
+    def connect() -> OpenSearchKeywordIndex:
+        return OpenSearchKeywordIndex.connect(
+            OPENSEARCH_URL.split(","),
+            username=os.environ.get("QUARRY_TEST_OPENSEARCH_USERNAME"),
+            password=os.environ.get("QUARRY_TEST_OPENSEARCH_PASSWORD"),
+            verify_certs=os.environ.get("QUARRY_TEST_OPENSEARCH_VERIFY_CERTS", "1") != "0",
+            timeout=30,
+            layout=layout,
+        )
+
+    async def cleanup() -> None:
+        index = connect()
+        client = index._client
+        try:
+            found = await client.indices.get(index=f"{layout.prefix}*", expand_wildcards="all")
+            for name in found:
+                await client.indices.delete(index=name)
+            await client.indices.delete_index_template(name=template_name(layout.prefix), ignore=404)
+        finally:
+            await index.close()
+
+    return Backend(connect, cleanup)
+
+
+ADAPTERS: dict[str, Callable[[Path], Backend]] = {"tantivy": _tantivy, "opensearch": _opensearch}
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    return ADAPTERS[request.param](tmp_path)
+async def opener(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Opener]:
+    backend = ADAPTERS[request.param](tmp_path)
+    yield backend.open
+    if backend.cleanup is not None:
+        await backend.cleanup()
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 Adapters: embedded Qdrant (qdrant-edge) in tmp_path; the Qdrant server adapter over
 qdrant-client's local mode (in memory); and the server adapter over a real Qdrant server
-when QUARRY_TEST_QDRANT_URL is set (skipped otherwise). Vectors are real embeddings from
-the packaged MiniLM.
+when QUARRY_TEST_QDRANT_URL is set (skipped otherwise), there with every collection setting
+turned on (int8 quantization with rescoring, vectors on disk, two shards, payload indexes with
+the tenant index), since local mode ignores them. Vectors are real embeddings from the
+packaged MiniLM.
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from services.common.domain import Chunk, Condition, FilterNode, Op, chunk_id
 from services.common.errors import InvalidArgument
 from services.dense.adapters.qdrant_common import UnsupportedFilter
 from services.dense.adapters.qdrant_edge import QdrantEdgeVectorIndex
-from services.dense.adapters.qdrant_server import QdrantServerVectorIndex
+from services.dense.adapters.qdrant_server import CollectionConfig, QdrantServerVectorIndex
 from services.dense.embedding import OnnxEmbedder
 from services.dense.ports import VectorIndex
 from tests.contract import filter_scenarios as fs
 
 QDRANT_URL = os.environ.get("QUARRY_TEST_QDRANT_URL")
+SERVER_CONFIG = CollectionConfig(
+    quantization="int8", on_disk=True, shard_number=2, replication_factor=1, write_consistency_factor=1
+)
 DIM = 384
 INDEX = "idx-contract"
 
@@ -70,6 +75,7 @@ async def _adapter(kind: str, edge_dir: Path) -> AsyncIterator[VectorIndex]:
         adapter = QdrantServerVectorIndex.connect(
             QDRANT_URL, api_key=os.environ.get("QUARRY_TEST_QDRANT_API_KEY"), timeout=10,
             model_name="minilm", dim=DIM, collection_prefix=f"test-{uuid.uuid4().hex[:8]}-",
+            config=SERVER_CONFIG, search_ef=64, oversampling=2.0,
         )
     try:
         yield adapter

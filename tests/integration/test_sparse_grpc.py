@@ -160,22 +160,3 @@ async def test_the_process_serves_health_and_stops_on_sigterm(tmp_path: Path) ->
             proc.kill()
             await proc.wait()
     assert (tmp_path / "data" / INDEX).is_dir()
-
-
-async def test_the_process_refuses_an_opensearch_url(tmp_path: Path) -> None:
-    env = {
-        **os.environ,
-        "QUARRY_SPARSE_DATA_DIR": str(tmp_path),
-        "QUARRY_SPARSE_OPENSEARCH_URL": "http://os:9200",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.sparse",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 2
-    assert b"not implemented yet" in output

@@ -10,9 +10,10 @@ import pytest
 
 from services.common.domain import Chunk, FilterNode, Hit
 from services.common.errors import InvalidArgument
+from services.sparse.adapters.opensearch import OpenSearchKeywordIndex
 from services.sparse.adapters.tantivy import TantivyKeywordIndex
 from services.sparse.bootstrap import bootstrap
-from services.sparse.errors import InvalidRequest, NotImplementedBackend
+from services.sparse.errors import InvalidRequest
 from services.sparse.service import SparseService
 from services.sparse.settings import SparseSettings
 
@@ -119,6 +120,12 @@ async def test_bootstrap_wires_tantivy(tmp_path: Path) -> None:
         await app.close()
 
 
-def test_an_opensearch_url_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedBackend, match="OpenSearch keyword index is not implemented yet"):
-        bootstrap(SparseSettings(data_dir=str(tmp_path), opensearch_url="http://localhost:9200"))
+async def test_an_opensearch_url_selects_the_opensearch_adapter_without_calling_it(tmp_path: Path) -> None:
+    # Port 9 (discard) on loopback: nothing answers, so readiness is false and nothing was written.
+    app = bootstrap(SparseSettings(data_dir=str(tmp_path / "unused"), opensearch_url="http://127.0.0.1:9"))
+    try:
+        assert isinstance(app.service._index, OpenSearchKeywordIndex)
+        assert await app.ready() is False
+        assert not (tmp_path / "unused").exists()
+    finally:
+        await app.close()

@@ -12,8 +12,20 @@ All indexes in the collection share the model, so their vectors are comparable.
 Payload layout and filter translation are shared with the embedded adapter
 (``qdrant_common``). Differences: the server adapter keeps no case-keeping text index, so
 ``text_match`` (case-sensitive) is rejected as unsupported; ``text_match_insensitive`` uses
-Qdrant's unindexed word-token match. Payload indexes are created on real servers only
-(qdrant-client's local mode, used by the tests, ignores them and warns).
+Qdrant's unindexed word-token match.
+
+Collection settings (``CollectionConfig``, applied when the collection is created; an existing
+collection keeps its own): HNSW ``m``/``ef_construct`` (as ``payload_m``, see above), vectors on
+disk, scalar int8 quantization (quantile, quantized vectors always in RAM), shard number,
+replication factor and write consistency factor. Payload indexes: ``index_id`` as a keyword
+index with ``is_tenant``, ``file_id`` keyword, and one per metadata key on first sight (keyword,
+float or bool, from the value's type). Searches send ``hnsw_ef`` and, with quantization, the
+oversampling/rescore parameters.
+
+qdrant-client's local mode (``:memory:`` or a path; the contract suite runs through it) takes
+the same calls but is a brute-force engine: it ignores shards, replication, write consistency,
+HNSW, on-disk vectors and quantization, warns about search parameters and payload indexes, so
+the adapter sends neither there unless asked (``payload_indexes=True``).
 
 Every call carries a timeout (the client's own ``timeout`` and an ``asyncio`` deadline).
 """
@@ -25,7 +37,8 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 import grpc
 import numpy as np
@@ -97,6 +110,57 @@ def collection_name(prefix: str, model_name: str, dim: int) -> str:
     return f"{prefix}{slug}-{dim}"
 
 
+@dataclass(frozen=True, slots=True)
+class CollectionConfig:
+    """How the collection is created (see the module docstring); ``None`` = the server's default."""
+
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    on_disk: bool = False
+    quantization: Literal["none", "int8"] = "none"
+    quantile: float = 0.99
+    always_ram: bool = True
+    shard_number: int | None = None
+    replication_factor: int | None = None
+    write_consistency_factor: int | None = None
+
+
+def collection_params(config: CollectionConfig, dim: int) -> dict[str, Any]:
+    """The keyword arguments of ``create_collection`` for ``config`` (pure)."""
+    quantization = (
+        models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=config.quantile, always_ram=config.always_ram
+            )
+        )
+        if config.quantization == "int8"
+        else None
+    )
+    return {
+        "vectors_config": models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=config.on_disk),
+        # No global graph: every query is filtered to one tenant, which gets its own (payload_m).
+        "hnsw_config": models.HnswConfigDiff(m=0, payload_m=config.hnsw_m, ef_construct=config.hnsw_ef_construct),
+        "quantization_config": quantization,
+        "shard_number": config.shard_number,
+        "replication_factor": config.replication_factor,
+        "write_consistency_factor": config.write_consistency_factor,
+    }
+
+
+def search_params(
+    config: CollectionConfig, search_ef: int | None, oversampling: float | None
+) -> models.SearchParams | None:
+    """Query-time parameters: ``hnsw_ef``, and rescoring with the originals under quantization."""
+    quantization = (
+        models.QuantizationSearchParams(rescore=True, oversampling=oversampling)
+        if config.quantization != "none" and oversampling
+        else None
+    )
+    if search_ef is None and quantization is None:
+        return None
+    return models.SearchParams(hnsw_ef=search_ef, quantization=quantization)
+
+
 def _schema(kind: str) -> models.PayloadSchemaType:
     return {
         "keyword": models.PayloadSchemaType.KEYWORD,
@@ -116,32 +180,46 @@ class QdrantServerVectorIndex:
         dim: int,
         collection_prefix: str = "quarry-",
         timeout: float = 10.0,
-        hnsw_m: int = 16,
-        hnsw_ef_construct: int = 100,
+        config: CollectionConfig | None = None,
         search_ef: int | None = None,
+        oversampling: float | None = None,
+        payload_indexes: bool | None = None,
     ) -> None:
         self._client = client
         self._dim = dim
         self._collection = collection_name(collection_prefix, model_name, dim)
         self._timeout = timeout
         self._t = max(1, math.ceil(timeout))  # the client's per-request timeout: whole seconds
-        self._hnsw = (hnsw_m, hnsw_ef_construct)
+        self._config = config or CollectionConfig()
         options = client.init_options
         # Local mode (":memory:" or a path) builds no indexes and ignores search params.
         self._local = options.get("location") == ":memory:" or options.get("path") is not None
-        self._search_params = (
-            models.SearchParams(hnsw_ef=search_ef) if search_ef and not self._local else None
-        )
+        self._payload_indexes = not self._local if payload_indexes is None else payload_indexes
+        self._search_params = None if self._local else search_params(self._config, search_ef, oversampling)
         self._exists = False
         self._indexed: set[str] = set()
         self._lock = asyncio.Lock()
 
     @classmethod
     def connect(
-        cls, url: str, *, api_key: str | None, timeout: float, **kwargs: Any
+        cls,
+        url: str,
+        *,
+        api_key: str | None,
+        timeout: float,
+        prefer_grpc: bool = True,
+        grpc_port: int = 6334,
+        **kwargs: Any,
     ) -> QdrantServerVectorIndex:
-        """An adapter with its own client for ``url`` (gRPC preferred)."""
-        client = AsyncQdrantClient(url=url, api_key=api_key, prefer_grpc=True, timeout=math.ceil(timeout))
+        """An adapter with its own client for ``url`` (gRPC on ``grpc_port`` preferred).
+
+        No request is made here (the client's version check is off), so a process starts
+        while the server is still coming up; ``ready`` tells when it answers.
+        """
+        client = AsyncQdrantClient(
+            url=url, api_key=api_key, prefer_grpc=prefer_grpc, grpc_port=grpc_port,
+            timeout=math.ceil(timeout), check_compatibility=False,
+        )
         return cls(client, timeout=timeout, **kwargs)
 
     @property
@@ -186,20 +264,16 @@ class QdrantServerVectorIndex:
                 info = await self._call(self._client.get_collection(self._collection))
                 self._indexed.update(info.payload_schema or {})
                 return
-            m, ef = self._hnsw
             try:
                 await self._call(self._client.create_collection(
-                    self._collection,
-                    vectors_config=models.VectorParams(size=self._dim, distance=models.Distance.COSINE),
-                    hnsw_config=models.HnswConfigDiff(m=0, payload_m=m, ef_construct=ef),
-                    timeout=self._t,
+                    self._collection, **collection_params(self._config, self._dim), timeout=self._t,
                 ))
-            except (ValueError, UnexpectedResponse):
+            except (ValueError, UnexpectedResponse, grpc.aio.AioRpcError):
                 # "Already exists": another replica won the race to create it.
                 if not await self._call(self._client.collection_exists(self._collection)):
                     raise
             self._exists = True
-            if not self._local:
+            if self._payload_indexes:
                 await self._create_index(INDEX_ID, models.KeywordIndexParams(
                     type=models.KeywordIndexType.KEYWORD, is_tenant=True))
                 await self._create_index(FILE_ID, models.PayloadSchemaType.KEYWORD)
@@ -234,7 +308,7 @@ class QdrantServerVectorIndex:
         if vectors.ndim != 2 or vectors.shape[1] != self._dim:
             raise InvalidArgument(f"vectors must have {self._dim} dimensions")
         await self._ensure_collection()
-        if not self._local:
+        if self._payload_indexes:
             for c in chunks:
                 for path, kind in index_kinds(c.metadata):
                     if kind != "text" and path not in self._indexed:
