@@ -54,6 +54,10 @@ class PipelineUpsert(_Request):
     metadata_config: dict[str, Any] | None = None
 
 
+class PipelineUpdate(PipelineUpsert):
+    name: str | None = Field(default=None, min_length=1, max_length=512)  # type: ignore[assignment]
+
+
 class Pipeline(_Response):
     id: str
     name: str

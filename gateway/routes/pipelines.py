@@ -225,6 +225,32 @@ async def sync_pipeline(pipeline_id: str, request: Request, project: Project) ->
     return pipeline(await _get_index(request, project, pipeline_id))
 
 
+@router.post("/pipelines/{pipeline_id}/sync/cancel", response_model=lm.Pipeline)
+async def cancel_pipeline_sync(pipeline_id: str, request: Request, project: Project) -> lm.Pipeline:
+    """Cancel the running sync (409, not retried, when none runs)."""
+    await _files(request).CancelSync(
+        files_pb2.CancelSyncRequest(project_id=project.id, index_id=pipeline_id), timeout=_timeout(request)
+    )
+    return pipeline(await _get_index(request, project, pipeline_id))
+
+
+@router.put("/pipelines/{pipeline_id}", response_model=lm.Pipeline)
+async def update_pipeline(
+    pipeline_id: str, body: lm.PipelineUpdate, request: Request, project: Project
+) -> Response | lm.Pipeline:
+    """Update a pipeline's settings by id (fields left out keep their values; renaming is refused)."""
+    index = await _get_index(request, project, pipeline_id)
+    if index.kind != "pipeline":
+        return error_response(409, "this index is not a pipeline; manage it with /api/v1/indexes")
+    if body.name is not None and body.name != index.name:
+        return field_error(("body", "name"), "pipelines cannot be renamed")
+    current = use.index_config(index).get("pipeline") or {}
+    merged = lm.PipelineUpsert.model_validate(
+        {**current, **body.model_dump(exclude_none=True, exclude={"name"}), "name": index.name}
+    )
+    return pipeline(await _upsert(request, project, merged))
+
+
 @router.delete("/pipelines/{pipeline_id}", status_code=204)
 async def delete_pipeline(pipeline_id: str, request: Request, project: Project) -> Response:
     await _files(request).DeleteIndex(
@@ -444,6 +470,18 @@ async def get_project_file(file_id: str, request: Request, project: Project) -> 
         timeout=_timeout(request),
     )
     return _file(f)
+
+
+@router.delete("/beta/files/{file_id}", status_code=204)
+async def delete_project_file(file_id: str, request: Request, project: Project) -> Response:
+    """Delete an upload; copies already added to pipelines or directories keep their bytes."""
+    directory = await _files_directory(request, project)
+    await _files(request).DeleteDirectoryFile(
+        files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=directory.id,
+                                             directory_file_id=file_id),
+        timeout=_timeout(request),
+    )
+    return Response(status_code=204)
 
 
 def _file_metadata(custom: dict[str, Any] | None, name: str, file_id: str) -> str:
