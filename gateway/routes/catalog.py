@@ -5,29 +5,16 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from gateway import models, shaping
-from gateway.auth import current_project
 from gateway.errors import error_response, field_error
-from gateway.settings import GatewaySettings
+from gateway.routes.deps import Project, catalog_timeout, files_of, settings_of
 from services._proto.quarry.files.v1 import files_pb2
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
-Project = Annotated[files_pb2.Project, Depends(current_project)]
 
-
-def _settings(request: Request) -> GatewaySettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-def _files(request: Request):  # type: ignore[no-untyped-def]
-    return request.app.state.backends.files
-
-
-def _timeout(request: Request) -> float:
-    return _settings(request).catalog_timeout_seconds
 
 
 # ---- projects -----------------------------------------------------------------------------
@@ -55,19 +42,19 @@ async def get_project(project_id: str, request: Request, project: Project) -> Re
 
 @router.post("/beta/directories", response_model=models.Directory)
 async def create_directory(body: models.DirectoryCreate, request: Request, project: Project) -> models.Directory:
-    d = await _files(request).CreateDirectory(
+    d = await files_of(request).CreateDirectory(
         files_pb2.CreateDirectoryRequest(
             project_id=project.id, name=body.name, description=body.description or "", type=body.type or "user"
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return shaping.directory(d)
 
 
 @router.get("/beta/directories")
 async def list_directories(request: Request, project: Project) -> dict[str, object]:
-    response = await _files(request).ListDirectories(
-        files_pb2.ListDirectoriesRequest(project_id=project.id), timeout=_timeout(request)
+    response = await files_of(request).ListDirectories(
+        files_pb2.ListDirectoriesRequest(project_id=project.id), timeout=catalog_timeout(request)
     )
     items = [shaping.directory(d).model_dump(mode="json") for d in response.directories]
     return {"items": items, "next_page_token": None, "total_size": len(items)}
@@ -75,8 +62,9 @@ async def list_directories(request: Request, project: Project) -> dict[str, obje
 
 @router.get("/beta/directories/{directory_id}", response_model=models.Directory)
 async def get_directory(directory_id: str, request: Request, project: Project) -> models.Directory:
-    d = await _files(request).GetDirectory(
-        files_pb2.GetDirectoryRequest(project_id=project.id, directory_id=directory_id), timeout=_timeout(request)
+    d = await files_of(request).GetDirectory(
+        files_pb2.GetDirectoryRequest(project_id=project.id, directory_id=directory_id),
+        timeout=catalog_timeout(request),
     )
     return shaping.directory(d)
 
@@ -114,20 +102,20 @@ async def upload_file(
     meta = _metadata_json(metadata)
     if isinstance(meta, JSONResponse):
         return meta
-    limit = _settings(request).max_upload_bytes
+    limit = settings_of(request).max_upload_bytes
     content = await upload_file.read(limit + 1)
     if len(content) > limit:
         return error_response(413, f"upload_file is larger than {limit} bytes")
     name = display_name or upload_file.filename or ""
     if not name:
         return field_error(("body", "display_name"), "a display_name or a file name is required")
-    f = await _files(request).UploadFile(
+    f = await files_of(request).UploadFile(
         files_pb2.UploadFileRequest(
             project_id=project.id, directory_id=directory_id, display_name=name, content=content,
             content_type=upload_file.content_type or "", unique_id=unique_id or "",
             external_file_id=external_file_id or "", metadata_json=meta,
         ),
-        timeout=_settings(request).request_timeout_seconds,
+        timeout=settings_of(request).request_timeout_seconds,
     )
     return shaping.directory_file(f)
 
@@ -144,13 +132,13 @@ async def list_directory_files(
     unique_id: str | None = None,
     file_id: str | None = None,
 ) -> models.DirectoryFilePage:
-    response = await _files(request).ListDirectoryFiles(
+    response = await files_of(request).ListDirectoryFiles(
         files_pb2.ListDirectoryFilesRequest(
             project_id=project.id, directory_id=directory_id, page_size=page_size or 0,
             page_token=page_token or "", display_name=display_name or "",
             display_name_contains=display_name_contains or "", unique_id=unique_id or "", file_id=file_id or "",
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return models.DirectoryFilePage(
         items=[shaping.directory_file(f) for f in response.items],
@@ -163,11 +151,11 @@ async def list_directory_files(
 async def get_directory_file(
     directory_id: str, directory_file_id: str, request: Request, project: Project
 ) -> models.DirectoryFile:
-    f = await _files(request).GetDirectoryFile(
+    f = await files_of(request).GetDirectoryFile(
         files_pb2.GetDirectoryFileRequest(
             project_id=project.id, directory_id=directory_id, directory_file_id=directory_file_id
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return shaping.directory_file(f)
 
@@ -176,11 +164,11 @@ async def get_directory_file(
 async def delete_directory_file(
     directory_id: str, directory_file_id: str, request: Request, project: Project
 ) -> Response:
-    await _files(request).DeleteDirectoryFile(
+    await files_of(request).DeleteDirectoryFile(
         files_pb2.DeleteDirectoryFileRequest(
             project_id=project.id, directory_id=directory_id, directory_file_id=directory_file_id
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return Response(status_code=204)
 
@@ -197,12 +185,12 @@ async def add_directory_file(
     meta = _metadata_json(raw)
     if isinstance(meta, JSONResponse):
         return meta
-    f = await _files(request).AddDirectoryFile(
+    f = await files_of(request).AddDirectoryFile(
         files_pb2.AddDirectoryFileRequest(
             project_id=project.id, directory_id=directory_id, source_directory_file_id=body.file_id,
             display_name=body.display_name or "", unique_id=body.unique_id or "", metadata_json=meta,
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return shaping.directory_file(f)
 
@@ -222,12 +210,12 @@ async def create_index(body: models.IndexCreate, request: Request, project: Proj
     config = _index_config(body)
     if isinstance(config, JSONResponse):
         return config
-    i = await _files(request).CreateIndex(
+    i = await files_of(request).CreateIndex(
         files_pb2.CreateIndexRequest(
             project_id=project.id, name=body.name or "", description=body.description or "",
             source_directory_id=body.source_directory_id, config_json=config,
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return shaping.index(i)
 
@@ -240,12 +228,12 @@ async def list_indexes(
     page_token: str | None = None,
     source_directory_id: str | None = None,
 ) -> models.IndexPage:
-    response = await _files(request).ListIndexes(
+    response = await files_of(request).ListIndexes(
         files_pb2.ListIndexesRequest(
             project_id=project.id, page_size=page_size or 0, page_token=page_token or "",
             source_directory_id=source_directory_id or "",
         ),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return models.IndexPage(
         items=[shaping.index(i) for i in response.items],
@@ -258,8 +246,8 @@ async def list_indexes(
 async def get_index(
     index_id: str, request: Request, project: Project, expand: Annotated[list[str] | None, Query()] = None
 ) -> models.Index:
-    i = await _files(request).GetIndex(
-        files_pb2.GetIndexRequest(project_id=project.id, index_id=index_id), timeout=_timeout(request)
+    i = await files_of(request).GetIndex(
+        files_pb2.GetIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
     return shaping.index(i, expand_sync="sync_in_progress" in (expand or []))
 
@@ -267,10 +255,10 @@ async def get_index(
 @router.delete("/indexes/{index_id}", status_code=204)
 async def delete_index(index_id: str, request: Request, project: Project) -> Response:
     """Delete the catalog entry first (so it stops being served), then the engines' data."""
-    await _files(request).DeleteIndex(
-        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=index_id), timeout=_timeout(request)
+    await files_of(request).DeleteIndex(
+        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
-    await request.app.state.backends.drop_index(index_id, _settings(request).request_timeout_seconds)
+    await request.app.state.backends.drop_index(index_id, settings_of(request).request_timeout_seconds)
     return Response(status_code=204)
 
 
@@ -284,15 +272,15 @@ def _job(index_id: str, job: files_pb2.Job) -> models.SyncResponse:
 @router.post("/indexes/{index_id}/sync", response_model=models.SyncResponse)
 async def sync_index(index_id: str, request: Request, project: Project) -> models.SyncResponse:
     """Start a sync (or return the one already running)."""
-    job = await _files(request).StartSync(
-        files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=_timeout(request)
+    job = await files_of(request).StartSync(
+        files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
     return _job(index_id, job)
 
 
 @router.post("/indexes/{index_id}/sync/cancel", response_model=models.SyncResponse)
 async def cancel_sync(index_id: str, request: Request, project: Project) -> models.SyncResponse:
-    job = await _files(request).CancelSync(
-        files_pb2.CancelSyncRequest(project_id=project.id, index_id=index_id), timeout=_timeout(request)
+    job = await files_of(request).CancelSync(
+        files_pb2.CancelSyncRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
     return _job(index_id, job)

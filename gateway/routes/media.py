@@ -17,17 +17,16 @@ import time
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from gateway.auth import current_project
 from gateway.errors import error_response
 from gateway.models import _Response
+from gateway.routes.deps import Project
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
 
 router = APIRouter(prefix="/api/v1", tags=["media"])
-Project = Annotated[files_pb2.Project, Depends(current_project)]
 
 ATTACHMENT_TYPE = "page_screenshot"
 _NAME = re.compile(r"page_(\d{1,6})\.png")

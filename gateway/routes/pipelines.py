@@ -17,24 +17,22 @@ import uuid
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from gateway import legacy_models as lm
 from gateway import pipelines as use
-from gateway.auth import current_project
 from gateway.backends import Budget
 from gateway.cache import cache_key
 from gateway.errors import error_response, field_error
 from gateway.filters import compile_metadata_filters, conjunction
 from gateway.retrieval import retrieve
+from gateway.routes.deps import Project, catalog_timeout, files_of, settings_of
 from gateway.routes.retrieval import resolve_index
-from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import DOCUMENT_CONTENT_TYPE
 
 router = APIRouter(prefix="/api/v1", tags=["pipelines"])
-Project = Annotated[files_pb2.Project, Depends(current_project)]
 
 #: Quarry embeds with its own model whatever a client asks for; this is what it reports.
 EMBEDDING_CONFIG = {"type": "QUARRY_EMBEDDING", "component": {"model_name": "all-MiniLM-L6-v2 (int8 ONNX)"}}
@@ -43,17 +41,6 @@ FILES_DIRECTORY = ("files", "files")
 _PARALLEL_UPLOADS = 16
 _MAX_DOCUMENTS = 10_000
 
-
-def _settings(request: Request) -> GatewaySettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-def _files(request: Request):  # type: ignore[no-untyped-def]
-    return request.app.state.backends.files
-
-
-def _timeout(request: Request) -> float:
-    return _settings(request).catalog_timeout_seconds
 
 
 def _opt(value: str) -> str | None:
@@ -120,11 +107,6 @@ def _pipeline_file(index_id: str, f: files_pb2.DirectoryFile, status: str | None
     )
 
 
-def _file_status(s: files_pb2.FileStatus) -> lm.IngestionStatusResponse:
-    errors = [lm.StatusError(job_id=s.job_id, message=s.error, step="ingest")] if s.error else None
-    return lm.IngestionStatusResponse(status=s.status, error=errors, job_id=_opt(s.job_id))  # type: ignore[arg-type]
-
-
 # ---- pipelines ---------------------------------------------------------------------------------
 
 
@@ -133,8 +115,8 @@ async def _get_index(request: Request, project: files_pb2.Project, pipeline_id: 
 
 
 async def _sync(request: Request, project: files_pb2.Project, index_id: str) -> files_pb2.Job:
-    job: files_pb2.Job = await _files(request).StartSync(
-        files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=_timeout(request)
+    job: files_pb2.Job = await files_of(request).StartSync(
+        files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
     return job
 
@@ -146,9 +128,9 @@ def _config(body: lm.PipelineUpsert) -> str:
 
 
 async def _upsert(request: Request, project: files_pb2.Project, body: lm.PipelineUpsert) -> files_pb2.Index:
-    index: files_pb2.Index = await _files(request).UpsertPipeline(
+    index: files_pb2.Index = await files_of(request).UpsertPipeline(
         files_pb2.UpsertPipelineRequest(project_id=project.id, name=body.name, config_json=_config(body)),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     if not index.HasField("last_job"):
         # A new pipeline has nothing to ingest: a first (empty) sync makes its status SUCCESS, not
@@ -172,9 +154,9 @@ async def _find_by_name(request: Request, project: files_pb2.Project, name: str)
     items: list[files_pb2.Index] = []
     token = ""
     while True:
-        page = await _files(request).ListIndexes(
+        page = await files_of(request).ListIndexes(
             files_pb2.ListIndexesRequest(project_id=project.id, name=name, page_size=1000, page_token=token),
-            timeout=_timeout(request),
+            timeout=catalog_timeout(request),
         )
         items.extend(page.items)
         token = page.next_page_token
@@ -228,8 +210,8 @@ async def sync_pipeline(pipeline_id: str, request: Request, project: Project) ->
 @router.post("/pipelines/{pipeline_id}/sync/cancel", response_model=lm.Pipeline)
 async def cancel_pipeline_sync(pipeline_id: str, request: Request, project: Project) -> lm.Pipeline:
     """Cancel the running sync (409, not retried, when none runs)."""
-    await _files(request).CancelSync(
-        files_pb2.CancelSyncRequest(project_id=project.id, index_id=pipeline_id), timeout=_timeout(request)
+    await files_of(request).CancelSync(
+        files_pb2.CancelSyncRequest(project_id=project.id, index_id=pipeline_id), timeout=catalog_timeout(request)
     )
     return pipeline(await _get_index(request, project, pipeline_id))
 
@@ -253,10 +235,10 @@ async def update_pipeline(
 
 @router.delete("/pipelines/{pipeline_id}", status_code=204)
 async def delete_pipeline(pipeline_id: str, request: Request, project: Project) -> Response:
-    await _files(request).DeleteIndex(
-        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=pipeline_id), timeout=_timeout(request)
+    await files_of(request).DeleteIndex(
+        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=pipeline_id), timeout=catalog_timeout(request)
     )
-    await request.app.state.backends.drop_index(pipeline_id, _settings(request).request_timeout_seconds)
+    await request.app.state.backends.drop_index(pipeline_id, settings_of(request).request_timeout_seconds)
     return Response(status_code=204)
 
 
@@ -274,7 +256,7 @@ async def _put_documents(
     if len(docs) > _MAX_DOCUMENTS:
         return field_error(("body",), f"at most {_MAX_DOCUMENTS} documents per request")
     index = await _get_index(request, project, pipeline_id)
-    limit = _settings(request).max_upload_bytes
+    limit = settings_of(request).max_upload_bytes
     prepared = []
     for i, doc in enumerate(docs):
         content = doc.text.encode("utf-8")
@@ -289,12 +271,12 @@ async def _put_documents(
 
     async def one(doc_id: str, content: bytes, meta: str) -> None:
         async with gate:
-            await _files(request).UploadFile(
+            await files_of(request).UploadFile(
                 files_pb2.UploadFileRequest(
                     project_id=project.id, directory_id=index.source_directory_id, display_name=doc_id,
                     content=content, content_type=DOCUMENT_CONTENT_TYPE, unique_id=doc_id, metadata_json=meta,
                 ),
-                timeout=_settings(request).request_timeout_seconds,
+                timeout=settings_of(request).request_timeout_seconds,
             )
 
     await asyncio.gather(*(one(doc_id, content, meta) for doc_id, content, meta, _ in prepared))
@@ -329,12 +311,12 @@ async def _list_source(
 ) -> tuple[list[files_pb2.DirectoryFile], int]:
     """Offset paging over the keyset-paged catalog: walk past ``skip`` without bytes, then read."""
     token, skipped, total = "", 0, 0
-    files = _files(request)
+    files = files_of(request)
     while skipped < skip:
         page = await files.ListDirectoryFiles(
             files_pb2.ListDirectoryFilesRequest(project_id=project.id, directory_id=directory_id,
                                                 page_size=min(1000, skip - skipped), page_token=token),
-            timeout=_timeout(request),
+            timeout=catalog_timeout(request),
         )
         skipped += len(page.items)
         total = page.total_size
@@ -347,7 +329,7 @@ async def _list_source(
             files_pb2.ListDirectoryFilesRequest(project_id=project.id, directory_id=directory_id,
                                                 page_size=min(100, limit - len(items)), page_token=token,
                                                 include_content=content),
-            timeout=_timeout(request),
+            timeout=catalog_timeout(request),
         )
         items.extend(page.items)
         total = page.total_size
@@ -380,12 +362,36 @@ async def list_documents_plain(
 @router.get("/pipelines/{pipeline_id}/documents/{document_id}", response_model=lm.CloudDocument)
 async def get_document(pipeline_id: str, document_id: str, request: Request, project: Project) -> lm.CloudDocument:
     index = await _get_index(request, project, pipeline_id)
-    f = await _files(request).GetDirectoryFile(
+    f = await files_of(request).GetDirectoryFile(
         files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
                                           unique_id=_doc_id(document_id), include_content=True),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return _document(f)
+
+
+async def _source_status(
+    request: Request, project: files_pb2.Project, pipeline_id: str, unique_id: str
+) -> lm.IngestionStatusResponse:
+    """Where one document or file (by the id the client knows it by) stands."""
+    s = await files_of(request).GetFileStatus(
+        files_pb2.GetFileStatusRequest(project_id=project.id, index_id=pipeline_id, unique_id=unique_id),
+        timeout=catalog_timeout(request),
+    )
+    errors = [lm.StatusError(job_id=s.job_id, message=s.error, step="ingest")] if s.error else None
+    return lm.IngestionStatusResponse(status=s.status, error=errors, job_id=_opt(s.job_id))  # type: ignore[arg-type]
+
+
+async def _remove_source(request: Request, project: files_pb2.Project, pipeline_id: str, unique_id: str) -> Response:
+    """Remove a document or file from the pipeline and start the sync that removes its chunks."""
+    index = await _get_index(request, project, pipeline_id)
+    await files_of(request).DeleteDirectoryFile(
+        files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
+                                             unique_id=unique_id),
+        timeout=catalog_timeout(request),
+    )
+    await _sync(request, project, index.id)
+    return Response(status_code=204)
 
 
 @router.get("/pipelines/{pipeline_id}/documents/{document_id}/status", response_model=lm.IngestionStatusResponse,
@@ -393,24 +399,12 @@ async def get_document(pipeline_id: str, document_id: str, request: Request, pro
 async def get_document_status(
     pipeline_id: str, document_id: str, request: Request, project: Project
 ) -> lm.IngestionStatusResponse:
-    status = await _files(request).GetFileStatus(
-        files_pb2.GetFileStatusRequest(project_id=project.id, index_id=pipeline_id, unique_id=_doc_id(document_id)),
-        timeout=_timeout(request),
-    )
-    return _file_status(status)
+    return await _source_status(request, project, pipeline_id, _doc_id(document_id))
 
 
 @router.delete("/pipelines/{pipeline_id}/documents/{document_id}", status_code=204)
 async def delete_document(pipeline_id: str, document_id: str, request: Request, project: Project) -> Response:
-    """Remove the document and start the sync that removes its chunks."""
-    index = await _get_index(request, project, pipeline_id)
-    await _files(request).DeleteDirectoryFile(
-        files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
-                                             unique_id=_doc_id(document_id)),
-        timeout=_timeout(request),
-    )
-    await _sync(request, project, index.id)
-    return Response(status_code=204)
+    return await _remove_source(request, project, pipeline_id, _doc_id(document_id))
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -418,10 +412,10 @@ async def delete_document(pipeline_id: str, document_id: str, request: Request, 
 
 async def _files_directory(request: Request, project: files_pb2.Project) -> files_pb2.Directory:
     name, kind = FILES_DIRECTORY
-    directory: files_pb2.Directory = await _files(request).EnsureDirectory(
+    directory: files_pb2.Directory = await files_of(request).EnsureDirectory(
         files_pb2.CreateDirectoryRequest(project_id=project.id, name=name, type=kind,
                                          description="uploads made outside any directory (POST /api/v1/beta/files)"),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return directory
 
@@ -444,20 +438,20 @@ async def upload_project_file(
     directories accept as ``file_id``."""
     if (wrong := _check_project(project, project_id)) is not None:
         return wrong
-    limit = _settings(request).max_upload_bytes
+    limit = settings_of(request).max_upload_bytes
     content = await file.read(limit + 1)
     if len(content) > limit:
         return error_response(413, f"file is larger than {limit} bytes")
     if not file.filename:
         return field_error(("body", "file"), "the upload needs a file name")
     directory = await _files_directory(request, project)
-    f = await _files(request).UploadFile(
+    f = await files_of(request).UploadFile(
         files_pb2.UploadFileRequest(
             project_id=project.id, directory_id=directory.id, display_name=file.filename, content=content,
             content_type=file.content_type or "", unique_id=str(uuid.uuid4()),
             external_file_id=external_file_id or "",
         ),
-        timeout=_settings(request).request_timeout_seconds,
+        timeout=settings_of(request).request_timeout_seconds,
     )
     return _file(f)
 
@@ -465,9 +459,9 @@ async def upload_project_file(
 @router.get("/beta/files/{file_id}", response_model=lm.File)
 async def get_project_file(file_id: str, request: Request, project: Project) -> lm.File:
     directory = await _files_directory(request, project)
-    f = await _files(request).GetDirectoryFile(
+    f = await files_of(request).GetDirectoryFile(
         files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=directory.id, directory_file_id=file_id),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return _file(f)
 
@@ -476,10 +470,10 @@ async def get_project_file(file_id: str, request: Request, project: Project) -> 
 async def delete_project_file(file_id: str, request: Request, project: Project) -> Response:
     """Delete an upload; copies already added to pipelines or directories keep their bytes."""
     directory = await _files_directory(request, project)
-    await _files(request).DeleteDirectoryFile(
+    await files_of(request).DeleteDirectoryFile(
         files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=directory.id,
                                              directory_file_id=file_id),
-        timeout=_timeout(request),
+        timeout=catalog_timeout(request),
     )
     return Response(status_code=204)
 
@@ -499,20 +493,20 @@ async def add_pipeline_files(
     added = []
     for i, item in enumerate(body):
         try:
-            source = await _files(request).GetDirectoryFile(
+            source = await files_of(request).GetDirectoryFile(
                 files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=directory.id,
                                                   directory_file_id=item.file_id),
-                timeout=_timeout(request),
+                timeout=catalog_timeout(request),
             )
             meta = _file_metadata(item.custom_metadata, source.display_name, item.file_id)
         except ValueError:
             return field_error(("body", i, "custom_metadata"), "custom_metadata must be JSON (no NaN or infinity)")
-        added.append(await _files(request).AddDirectoryFile(
+        added.append(await files_of(request).AddDirectoryFile(
             files_pb2.AddDirectoryFileRequest(
                 project_id=project.id, directory_id=index.source_directory_id,
                 source_directory_file_id=item.file_id, unique_id=item.file_id, metadata_json=meta,
             ),
-            timeout=_timeout(request),
+            timeout=catalog_timeout(request),
         ))
     await _sync(request, project, index.id)
     return [_pipeline_file(index.id, f, "NOT_STARTED") for f in added]
@@ -533,23 +527,12 @@ async def list_pipeline_files(
 async def get_pipeline_file_status(
     pipeline_id: str, file_id: str, request: Request, project: Project
 ) -> lm.IngestionStatusResponse:
-    status = await _files(request).GetFileStatus(
-        files_pb2.GetFileStatusRequest(project_id=project.id, index_id=pipeline_id, unique_id=file_id),
-        timeout=_timeout(request),
-    )
-    return _file_status(status)
+    return await _source_status(request, project, pipeline_id, file_id)
 
 
 @router.delete("/pipelines/{pipeline_id}/files/{file_id}", status_code=204)
 async def delete_pipeline_file(pipeline_id: str, file_id: str, request: Request, project: Project) -> Response:
-    index = await _get_index(request, project, pipeline_id)
-    await _files(request).DeleteDirectoryFile(
-        files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
-                                             unique_id=file_id),
-        timeout=_timeout(request),
-    )
-    await _sync(request, project, index.id)
-    return Response(status_code=204)
+    return await _remove_source(request, project, pipeline_id, file_id)
 
 
 # ---- retrieve ----------------------------------------------------------------------------------
@@ -560,7 +543,7 @@ async def retrieve_pipeline(
     pipeline_id: str, body: lm.PipelineRetrieveRequest, request: Request, project: Project
 ) -> Response:
     """Retrieve from a pipeline in any of the four modes (see ``gateway.pipelines``)."""
-    settings = _settings(request)
+    settings = settings_of(request)
     started = time.perf_counter()
     budget = Budget(settings.request_timeout_seconds)
     explicit = compile_metadata_filters(body.search_filters)

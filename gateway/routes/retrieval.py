@@ -4,26 +4,24 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway import models
-from gateway.auth import current_project
 from gateway.backends import Budget
 from gateway.cache import cache_key
 from gateway.errors import field_error
 from gateway.filters import compile_custom_filters, compile_static_filters, conjunction
 from gateway.pipelines import index_config
 from gateway.retrieval import Outcome, Plan, retrieve
+from gateway.routes.deps import Project
 from gateway.routes.media import ATTACHMENT_TYPE, attachment_name
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import Chunk
 
 router = APIRouter(prefix="/api/v1/retrieval", tags=["retrieval"])
-Project = Annotated[files_pb2.Project, Depends(current_project)]
 
 
 async def resolve_index(request: Request, project: files_pb2.Project, index_id: str) -> files_pb2.Index:

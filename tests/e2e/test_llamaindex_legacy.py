@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from services.launcher import Stack
+from tests.e2e.stack import running_stack
 from tests.fixtures.ingest.pdf_builder import build_pdf
 
 # Building the venv (pip, ~1 min on a cold cache) happens inside the first test's budget.
@@ -119,16 +120,8 @@ def li_python() -> Path:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("quarry-li-e2e")
-    s = Stack(data_dir=data, port=0, api_key=API_KEY, log_file=data / "stack.log",
-              env={"QUARRY_INGEST_POLL_INTERVAL": "0.2"})
-    try:
-        s.start(timeout=180)
-    except Exception:
-        print((data / "stack.log").read_text()[-5000:])
-        raise
-    yield s
-    s.stop()
+    with running_stack(tmp_path_factory.mktemp("quarry-li-e2e"), API_KEY) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

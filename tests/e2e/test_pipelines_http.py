@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from services.launcher import Stack
+from tests.e2e.stack import running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -23,16 +24,8 @@ DOCS = [
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("quarry-pipelines")
-    s = Stack(data_dir=data, port=0, api_key=API_KEY, log_file=data / "stack.log",
-              env={"QUARRY_INGEST_POLL_INTERVAL": "0.2"})
-    try:
-        s.start(timeout=180)
-    except Exception:
-        print((data / "stack.log").read_text()[-5000:])
-        raise
-    yield s
-    s.stop()
+    with running_stack(tmp_path_factory.mktemp("quarry-pipelines"), API_KEY) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

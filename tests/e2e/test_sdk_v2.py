@@ -15,6 +15,7 @@ import pytest
 from llama_cloud import LlamaCloud
 
 from services.launcher import Stack
+from tests.e2e.stack import running_stack
 from tests.fixtures.ingest.pdf_builder import build_pdf
 
 pytestmark = pytest.mark.e2e
@@ -65,16 +66,8 @@ REPORT_PDF = build_pdf([
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data = tmp_path_factory.mktemp("quarry-e2e")
-    s = Stack(data_dir=data, port=0, api_key=API_KEY, log_file=data / "stack.log",
-              env={"QUARRY_INGEST_POLL_INTERVAL": "0.2"})
-    try:
-        s.start(timeout=180)
-    except Exception:
-        print((data / "stack.log").read_text()[-5000:])
-        raise
-    yield s
-    s.stop()
+    with running_stack(tmp_path_factory.mktemp("quarry-e2e"), API_KEY) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
