@@ -20,7 +20,7 @@ def main() -> None:
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.grace_seconds),
     )
 
 

@@ -75,8 +75,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
+        """Ready when the gateway can answer a retrieve: files (auth, catalog) and at least one leg.
+        A reranker or one leg down only degrades answers, so it does not take the gateway out."""
         health = await request.app.state.backends.health()
-        ok = all(v == "SERVING" for v in health.values())
+        serving = {name for name, v in health.items() if v == "SERVING"}
+        ok = "files" in serving and bool(serving & {"dense", "sparse"})
         return JSONResponse({"ready": ok, "backends": health}, status_code=200 if ok else 503)
 
     return app

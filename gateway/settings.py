@@ -52,6 +52,8 @@ class GatewaySettings(BaseSettings):
     attachment_url_ttl_seconds: int = Field(default=3600, gt=0)
     # The gateway's external URL for links it hands out (attachment URLs); unset: the request's.
     public_url: str | None = None
+    # Seconds uvicorn lets in-flight requests finish after SIGTERM.
+    grace_seconds: float = Field(default=10.0, ge=0)
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     defaults: RetrievalDefaults = Field(default_factory=RetrievalDefaults)

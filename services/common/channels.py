@@ -12,6 +12,7 @@ import grpc
 
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -29,6 +30,9 @@ _SERVICE_CONFIG = json.dumps(
 
 CHANNEL_OPTIONS = [
     ("grpc.service_config", _SERVICE_CONFIG),
+    # With a headless Service the name resolves to every pod: spread calls over all of them
+    # (servers cap connection age, so pods the autoscaler adds are picked up on reconnect).
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.enable_retries", 1),
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),

@@ -29,6 +29,10 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
     ("grpc.so_reuseport", 0),
+    # Clients reconnect (and re-resolve DNS) at least every 5 minutes, so new replicas get traffic;
+    # calls in flight get 30 s to finish.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
 ]
 
 

@@ -138,3 +138,16 @@ def test_uploaded_files_can_be_deleted_but_copies_keep_their_bytes(http: httpx.C
     assert http.get(f"/api/v1/beta/files/{file_id}").status_code == 404
     hits = http.post(f"/api/v1/pipelines/{pipeline_id}/retrieve", json={"query": "moon tides"}).json()
     assert hits["retrieval_nodes"][0]["node"]["text"] == "Tides follow the moon."
+
+
+def test_readiness_survives_what_only_degrades_answers(http: httpx.Client, stack: Stack, pipeline_id: str) -> None:
+    """Runs last in this module: it kills the reranker and the dense service."""
+    stack.kill("rerank")
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["backends"]["rerank"] != "SERVING"
+    answer = http.post(f"/api/v1/pipelines/{pipeline_id}/retrieve", json={"query": "wild yeast bread"}).json()
+    assert answer["retrieval_nodes"] and "rerank failed" in answer["metadata"]["degraded"]
+    stack.kill("dense")
+    assert http.get("/readyz").status_code == 200  # sparse still answers
+    stack.kill("sparse")
+    assert http.get("/readyz").status_code == 503
