@@ -65,6 +65,7 @@ def legacy_plan(index_id: str, body: lm.PipelineRetrieveRequest, settings: Gatew
         rerank=d.rerank_enabled if body.enable_reranking is None else body.enable_reranking,
         rerank_top_n=body.rerank_top_n,
         rerank_depth=d.rerank_depth,
+        rerank_blend=d.rerank_blend,
         score_threshold=None,
         filter=flt,
         dense_cutoff=body.dense_similarity_cutoff,

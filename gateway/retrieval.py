@@ -41,6 +41,8 @@ class Plan:
     filter: FilterNode | None
     #: Legacy ``dense_similarity_cutoff``: dense hits below this similarity are dropped before fusion.
     dense_cutoff: float | None = None
+    #: Weight of the reranker's score in the reranked window's order (see ``blend``).
+    rerank_blend: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,24 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def _minmax(values: list[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    return [1.0 if hi == lo else (v - lo) / (hi - lo) for v in values]
+
+
+def blend(rerank: list[float], fused: list[float], weight: float) -> list[float]:
+    """The reranked window's scores: ``weight * minmax(rerank) + (1 - weight) * minmax(fused)``.
+
+    Weight 1 keeps the reranker's own scores. Below 1 the fused evidence keeps a say, which is
+    what made the packaged late-interaction reranker help on every judged collection instead of
+    hurting three of four (docs/benchmarks.md); the result is that stage's ``rerank_score``.
+    """
+    if weight >= 1.0 or not rerank:
+        return list(rerank)
+    r, f = _minmax(rerank), _minmax(fused)
+    return [weight * a + (1.0 - weight) * b for a, b in zip(r, f, strict=True)]
+
+
 async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
     started = time.perf_counter()
     legs, degraded = await run_legs(backends, plan, budget)
@@ -121,7 +141,8 @@ async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
         try:
             scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window],
                                                   budget.remaining())
-            ranked = sorted(zip(window, scores, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
+            blended = blend(scores, [f.score for f in window], plan.rerank_blend)
+            ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
             results = [Result(f, s) for f, s in ranked[:n]]
         except Exception as exc:
             if not _degradable(exc):

@@ -51,6 +51,7 @@ def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
         rerank=d.rerank_enabled if rerank.enabled is None else rerank.enabled,
         rerank_top_n=rerank.top_n,
         rerank_depth=d.rerank_depth,
+        rerank_blend=d.rerank_blend,
         score_threshold=body.score_threshold,
         filter=flt,
     )

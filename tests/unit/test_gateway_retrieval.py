@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from gateway.backends import Backends, Budget, LegResult
-from gateway.retrieval import Plan, retrieve
+from gateway.retrieval import Plan, blend, retrieve
 from services.common.domain import Chunk, FilterNode, Hit
 
 
@@ -114,3 +114,21 @@ async def test_score_threshold_applies_to_the_fused_score() -> None:
     out = await retrieve(FakeBackends(DENSE, SPARSE), plan(score_threshold=0.3), Budget(5))
     assert [r.fused.chunk.id for r in out.results] == ["a", "c"]
     assert all(r.fused.score >= 0.3 for r in out.results)
+
+
+async def test_a_blend_keeps_the_fused_evidence_in_the_reranked_order() -> None:
+    backends = FakeBackends(DENSE, SPARSE, rerank={"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3})
+    alone = await retrieve(backends, plan(rerank=True), Budget(5))
+    mixed = await retrieve(backends, plan(rerank=True, rerank_blend=0.5), Budget(5))
+    assert alone.results[0].fused.chunk.id == "b"
+    scores = [r.rerank_score for r in mixed.results]
+    assert scores == sorted(scores, reverse=True)  # type: ignore[type-var]
+    assert all(s is not None and 0.0 <= s <= 1.0 for s in scores)
+    assert {r.fused.chunk.id for r in mixed.results} == {r.fused.chunk.id for r in alone.results}
+
+
+def test_blend_arithmetic() -> None:
+    assert blend([0.2, 0.8, 0.5], [1.0, 0.0, 0.5], 1.0) == [0.2, 0.8, 0.5]
+    assert blend([0.2, 0.8, 0.5], [1.0, 0.0, 0.5], 0.5) == pytest.approx([0.5, 0.5, 0.5])
+    assert blend([0.2, 0.8], [0.3, 0.3], 0.5) == pytest.approx([0.5, 1.0])  # equal fused scores: all 1
+    assert blend([], [], 0.5) == []
