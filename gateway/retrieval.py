@@ -43,6 +43,8 @@ class Plan:
     dense_cutoff: float | None = None
     #: Weight of the reranker's score in the reranked window's order (see ``blend``).
     rerank_blend: float = 1.0
+    #: The rerank call's deadline, capped by what is left of the request's budget.
+    rerank_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,8 +141,10 @@ async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
         window = fused[: max(plan.rerank_depth, n)]
         t0 = time.perf_counter()
         try:
-            scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window],
-                                                  budget.remaining())
+            timeout = budget.remaining()
+            if plan.rerank_timeout is not None:
+                timeout = min(timeout, plan.rerank_timeout)
+            scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
             blended = blend(scores, [f.score for f in window], plan.rerank_blend)
             ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
             results = [Result(f, s) for f, s in ranked[:n]]

@@ -26,6 +26,9 @@ class RetrievalDefaults(BaseModel):
     # w * minmax(reranker score) + (1 - w) * minmax(fused score). 1.0 = the reranker alone; 0.5
     # raised nDCG@10 on every judged collection where the reranker alone lowered three of four.
     rerank_blend: float = Field(default=0.5, ge=0, le=1)
+    # The rerank call's own deadline (within the request's): past it the answer degrades to the
+    # fused order instead of holding the request for its whole budget.
+    rerank_timeout_seconds: float = Field(default=2.0, gt=0)
 
 
 class GatewaySettings(BaseSettings):

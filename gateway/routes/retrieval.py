@@ -52,6 +52,7 @@ def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
         rerank_top_n=rerank.top_n,
         rerank_depth=d.rerank_depth,
         rerank_blend=d.rerank_blend,
+        rerank_timeout=d.rerank_timeout_seconds,
         score_threshold=body.score_threshold,
         filter=flt,
     )

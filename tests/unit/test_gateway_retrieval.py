@@ -46,6 +46,7 @@ class FakeBackends(Backends):
 
     async def rerank_scores(self, query: str, passages: Sequence[str], timeout: float) -> list[float]:
         self.calls.append("rerank")
+        self.rerank_timeout = timeout
         if isinstance(self._rerank, grpc.StatusCode):
             raise rpc_error(self._rerank)
         assert self._rerank is not None
@@ -132,3 +133,11 @@ def test_blend_arithmetic() -> None:
     assert blend([0.2, 0.8, 0.5], [1.0, 0.0, 0.5], 0.5) == pytest.approx([0.5, 0.5, 0.5])
     assert blend([0.2, 0.8], [0.3, 0.3], 0.5) == pytest.approx([0.5, 1.0])  # equal fused scores: all 1
     assert blend([], [], 0.5) == []
+
+
+async def test_the_rerank_call_has_its_own_deadline_within_the_budget() -> None:
+    backends = FakeBackends(DENSE, SPARSE, rerank={"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3})
+    await retrieve(backends, plan(rerank=True, rerank_timeout=0.5), Budget(5))
+    assert backends.rerank_timeout == 0.5
+    await retrieve(backends, plan(rerank=True, rerank_timeout=30.0), Budget(5))
+    assert 0 < backends.rerank_timeout <= 5
