@@ -1,7 +1,9 @@
-"""The ``quarry`` command: ``up`` (run the stack), ``ingest`` (upload + sync), ``query``."""
+"""The ``quarry`` command: ``up`` (run the stack), ``ingest`` (upload + sync), ``query``, and
+``bench quality|load|scale|ingest|rerank|report`` (the benchmark harness in ``bench/``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -205,6 +207,164 @@ def query(
     if found is None:
         raise typer.BadParameter(f"no index named {index!r}")
     print_results(client.query(found["id"], text, top_k, rerank))
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks through the public API (needs the `bench` extra)")
+app.add_typer(bench_app, name="bench")
+WorkDir = Annotated[Path | None, typer.Option(
+    "--work-dir", help="Stack data for the run (kept, and reused by `quality`); default: a temporary folder")]
+Results = Annotated[Path | None, typer.Option("--results", help="Folder of the JSON results (default bench/results)")]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _needs_extra(*modules: str, hint: str = "") -> None:
+    """Fail before any work when the `bench` extra is missing (the peer and the plots need it)."""
+    import importlib.util
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise typer.BadParameter(f"{module} is not installed: pip install -e '.[bench]'{hint}")
+
+
+def _bench(name: str, work_dir: Path | None, results: Path | None, fn: Any) -> None:
+    """Run ``fn(work_dir)`` in a temporary or given work dir, write ``<results>/<name>.json`` and the report."""
+    import shutil
+    import tempfile
+
+    if results is None:
+        _needs_extra("matplotlib")
+    from bench import meta, report
+
+    # SIGTERM unwinds like Ctrl-C, so the stack's processes are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    meta_start = meta.machine()
+    started = time.monotonic()
+    tmp = work_dir is None
+    folder = Path(tempfile.mkdtemp(prefix=f"quarry-bench-{name}-")) if work_dir is None else work_dir.resolve()
+    try:
+        result = fn(folder)
+    finally:
+        if tmp:
+            shutil.rmtree(folder, ignore_errors=True)
+    result["meta"] = meta.finish(meta_start, time.monotonic() - started)
+    out = results or meta.RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    console.print(f"[green]wrote[/] {out / f'{name}.json'}")
+    if results is None:
+        report.render()
+        console.print(f"[green]wrote[/] {report.DOCS}")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    datasets: Annotated[list[str] | None, typer.Option("--dataset", help="Under --datasets-root, or a path")] = None,
+    root: Annotated[Path | None, typer.Option("--datasets-root", help="Folder of BEIR datasets")] = None,
+    max_queries: Annotated[int | None, typer.Option("--max-queries", min=1)] = None,
+    study: Annotated[bool, typer.Option(help="Rerank study (token caps x depths) in process")] = True,
+    peer: Annotated[bool, typer.Option(help="LlamaIndex peer on the same chunks")] = True,
+    smoke: Annotated[bool, typer.Option(help="Only the headline configurations")] = False,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """nDCG@10 and recall@100 per dataset and configuration (BEIR folders), through the HTTP API."""
+    from bench import corpus, quality
+
+    if peer:
+        _needs_extra("llama_index.core", "llama_index.retrievers.bm25", "llama_index.vector_stores.qdrant",
+                     hint=" (or pass --no-peer)")
+    found = corpus.find_datasets(root or corpus.DEFAULT_DATASETS, datasets or [])
+    if not found:
+        raise typer.BadParameter("no BEIR datasets found (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    _bench("quality", work_dir, results, lambda folder: quality.run(
+        found, folder, smoke=smoke, max_queries=max_queries, study=study, peer=peer))
+
+
+def _speed(name: str, sizes: list[int], concurrency: str, duration: float, scale_duration: float | None,
+           matrix: bool, peer: bool, work_dir: Path | None, results: Path | None) -> None:
+    from bench import corpus, load
+
+    if peer and matrix:
+        _needs_extra("llama_index.core", "llama_index.retrievers.bm25", "llama_index.vector_stores.qdrant",
+                     hint=" (or pass --no-peer)")
+    vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
+    _bench(name, work_dir, results, lambda folder: load.run_speed(
+        vocab, folder, sizes=sizes, concurrencies=_ints(concurrency), duration=duration,
+        scale_duration=scale_duration, matrix=matrix, peer=peer))
+
+
+Duration = Annotated[float, typer.Option("--duration", min=1, max=600, help="Seconds per measurement")]
+
+
+@bench_app.command("load")
+def bench_load(
+    sizes: Annotated[str, typer.Option("--sizes", help="Chunk counts the index grows through")] = "10000,100000",
+    concurrency: Annotated[str, typer.Option("--concurrency")] = "1,8,32,64",
+    duration: Duration = 30,
+    scale_duration: Annotated[float | None, typer.Option("--scale-duration", min=1, max=600)] = None,
+    peer: Annotated[bool, typer.Option(help="LlamaIndex peer on the same chunks")] = True,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """Synthetic corpus grown through --sizes; load matrix at the largest, floor and peer (bench/results/speed.json)."""
+    _speed("speed", _ints(sizes), concurrency, duration, scale_duration, True, peer, work_dir, results)
+
+
+@bench_app.command("scale")
+def bench_scale(
+    sizes: Annotated[str, typer.Option("--sizes")] = "10000,100000,300000",
+    duration: Duration = 30,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """p50/p99 at concurrency 1 and RSS per process as one index grows (bench/results/scale.json)."""
+    _speed("scale", _ints(sizes), "1", duration, None, False, False, work_dir, results)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    chunks: Annotated[int, typer.Option("--chunks", min=1)] = 10_000,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """End-to-end chunks/s of one sync against the raw embedding throughput (bench/results/ingest.json)."""
+    _speed("ingest", [chunks], "1", 5, None, False, False, work_dir, results)
+
+
+@bench_app.command("rerank")
+def bench_rerank(
+    dataset: Annotated[str, typer.Option("--dataset")] = "cranfield",
+    windows: Annotated[int, typer.Option("--windows", min=1)] = 6,
+    results: Results = None,
+) -> None:
+    """CPU per 20-passage rerank window by token cap and batching (bench/results/rerank.json)."""
+    from bench import corpus, rerank_cost
+
+    (found,) = corpus.find_datasets(corpus.DEFAULT_DATASETS, [dataset])
+    _bench("rerank", None, results, lambda _: rerank_cost.run(found, windows=windows))
+
+
+@bench_app.command("report")
+def bench_report() -> None:
+    """Regenerate docs/benchmarks.md and docs/bench/*.png from bench/results/*.json."""
+    _needs_extra("matplotlib")
+    from bench import report
+
+    report.render()
+    console.print(f"[green]wrote[/] {report.DOCS}")
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from services.rerank.ports import Reranker
 from services.rerank.service import RerankService
-from services.rerank.settings import RerankSettings
+from services.rerank.settings import CROSS_ENCODER_MAX_TOKENS, LATE_INTERACTION_MAX_TOKENS, RerankSettings
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def build_reranker(settings: RerankSettings) -> Reranker:
         assert settings.model is not None
         return OnnxCrossEncoderReranker.load(
             settings.model,
-            max_tokens=settings.max_tokens,
+            max_tokens=settings.max_tokens or CROSS_ENCODER_MAX_TOKENS,
             batch_size=settings.batch_size,
             sigmoid=settings.sigmoid,
             threads=settings.threads,
@@ -49,11 +49,12 @@ def build_reranker(settings: RerankSettings) -> Reranker:
 
     return LateInteractionReranker.load(
         settings.model,
-        max_tokens=settings.max_tokens,
+        max_tokens=settings.max_tokens or LATE_INTERACTION_MAX_TOKENS,
         batch_size=settings.batch_size,
         threads=settings.threads,
         cache_size=settings.cache_size,
         cache_mb=settings.cache_mb,
+        batch_tokens=settings.batch_tokens,
     )
 
 

@@ -18,9 +18,12 @@ from tests.unit.test_rerank_onnx_cross_encoder import write_model, write_tokeniz
 def test_defaults_are_the_offline_late_interaction_reranker(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("BACKEND", "MODEL", "URL"):
         monkeypatch.delenv(f"QUARRY_RERANK_{name}", raising=False)
+    monkeypatch.delenv("QUARRY_RERANK_MAX_TOKENS", raising=False)
     settings = RerankSettings()
     assert settings.backend == "late_interaction"
-    assert isinstance(build_reranker(settings), LateInteractionReranker)
+    reranker = build_reranker(settings)
+    assert isinstance(reranker, LateInteractionReranker)
+    assert reranker._encoder.max_tokens == 128  # the measured default for late interaction
 
 
 async def test_http_backend_from_env(monkeypatch: pytest.MonkeyPatch) -> None:

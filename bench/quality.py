@@ -1,0 +1,245 @@
+"""Quality: nDCG@10 and recall@100 per dataset and configuration, through the HTTP API.
+
+Each BEIR document is uploaded as one file named ``<doc id>.txt``; a result's ``file_name``
+names its document, so a document split into chunks counts once, at its best chunk.
+
+Configurations are request fields only (the server keeps its defaults): each leg alone, the
+hybrid with each fusion and a small sweep of weights and candidate depth, and the defaults
+with the reranker. A rerank configuration asks for ``top_k`` 20, the default rerank depth, so
+it reranks exactly the default window; its recall@100 is the hybrid's, because the reranker
+reorders only the top ``rerank_depth`` of the same fused list.
+
+The rerank study then re-scores the default hybrid's fused candidates in this process with
+the late-interaction reranker at several passage-token caps and depths, to choose the
+setting on quality and cost together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.api import QuarryClient, running_stack
+from bench.corpus import Dataset
+from bench.metrics import dedupe, evaluate, percentiles
+from services.launcher import Stack
+
+NO_RERANK = {"rerank": {"enabled": False}}
+
+#: name -> (request fields, top_k). Weights: vector_pipeline_weight / full_text_pipeline_weight.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "sparse only": {"vector_pipeline_weight": 0.0, "full_text_pipeline_weight": 1.0, **NO_RERANK, "top_k": 100},
+    "dense only": {"vector_pipeline_weight": 1.0, "full_text_pipeline_weight": 0.0, **NO_RERANK, "top_k": 100},
+    "hybrid relative_score 0.5/0.5": {"fusion": "relative_score", **NO_RERANK, "top_k": 100},
+    "hybrid rrf 0.5/0.5": {"fusion": "rrf", **NO_RERANK, "top_k": 100},
+    "hybrid dbsf 0.5/0.5": {"fusion": "dbsf", **NO_RERANK, "top_k": 100},
+    "hybrid relative_score 0.3/0.7": {"fusion": "relative_score", "vector_pipeline_weight": 0.3,
+                                      "full_text_pipeline_weight": 0.7, **NO_RERANK, "top_k": 100},
+    "hybrid relative_score 0.7/0.3": {"fusion": "relative_score", "vector_pipeline_weight": 0.7,
+                                      "full_text_pipeline_weight": 0.3, **NO_RERANK, "top_k": 100},
+    "hybrid rrf 0.3/0.7": {"fusion": "rrf", "vector_pipeline_weight": 0.3, "full_text_pipeline_weight": 0.7,
+                           **NO_RERANK, "top_k": 100},
+    "hybrid rrf 0.7/0.3": {"fusion": "rrf", "vector_pipeline_weight": 0.7, "full_text_pipeline_weight": 0.3,
+                           **NO_RERANK, "top_k": 100},
+    "hybrid dbsf 0.3/0.7": {"fusion": "dbsf", "vector_pipeline_weight": 0.3, "full_text_pipeline_weight": 0.7,
+                            **NO_RERANK, "top_k": 100},
+    # top_k 10: the legs are asked for max(num_candidates, top_k), so top_k 100 would hide a depth of 50.
+    "hybrid relative_score 0.5/0.5 candidates 50": {"fusion": "relative_score", "num_candidates": 50,
+                                                    **NO_RERANK, "top_k": 10},
+    "hybrid relative_score 0.5/0.5 candidates 200": {"fusion": "relative_score", "num_candidates": 200,
+                                                     **NO_RERANK, "top_k": 100},
+    "hybrid rrf 0.5/0.5 candidates 200": {"fusion": "rrf", "num_candidates": 200, **NO_RERANK, "top_k": 100},
+    # The server defaults, reranker on. top_k 20 = the default rerank depth, so the reranked window is
+    # exactly the default one, and documents split into several chunks still leave 10 distinct
+    # documents for nDCG@10 (as the top_k 100 runs above do).
+    "defaults + rerank": {"top_k": 20},
+    "hybrid rrf + rerank": {"fusion": "rrf", "top_k": 20},
+}
+#: configuration -> the no-rerank configuration whose top-100 set it shares (recall@100).
+RECALL_OF = {"defaults + rerank": "hybrid relative_score 0.5/0.5", "hybrid rrf + rerank": "hybrid rrf 0.5/0.5"}
+SMOKE_CONFIGS = ("sparse only", "dense only", "hybrid relative_score 0.5/0.5", "hybrid rrf 0.5/0.5",
+                 "hybrid dbsf 0.5/0.5", "defaults + rerank")
+
+
+def doc_of(result: Mapping[str, Any]) -> str:
+    name = str(result.get("file_name") or "")
+    return name[:-4] if name.endswith(".txt") else name
+
+
+Raw = dict[str, list[dict[str, Any]]]
+
+
+async def run_config(client: QuarryClient, index_id: str, queries: Mapping[str, str], fields: Mapping[str, Any],
+                     parallel: int = 4) -> tuple[dict[str, list[str]], Raw, list[float], int]:
+    """Rankings (document ids) per query, the raw results, each request's seconds, and how many
+    answers were degraded (a leg or the reranker dropped)."""
+    rankings: dict[str, list[str]] = {}
+    raw: dict[str, list[dict[str, Any]]] = {}
+    seconds: list[float] = []
+    degraded = 0
+    sem = asyncio.Semaphore(parallel)
+
+    async def one(qid: str, text: str) -> None:
+        nonlocal degraded
+        async with sem:
+            timed = await client.retrieve(index_id, text, **fields)
+        if timed.status >= 400:
+            raise RuntimeError(f"query {qid} failed with HTTP {timed.status}")
+        raw[qid] = timed.body["results"]
+        degraded += bool(timed.body.get("degraded"))
+        rankings[qid] = dedupe(doc_of(r) for r in raw[qid])
+        seconds.append(timed.seconds)
+
+    await asyncio.gather(*(one(q, t) for q, t in queries.items()))
+    return rankings, raw, seconds, degraded
+
+
+async def ensure_index(client: QuarryClient, ds: Dataset) -> tuple[str, dict[str, Any]]:
+    """The dataset's index, ingested through the API unless a finished one of that name exists
+    (a kept ``--work-dir`` is reused, so the engines or the reranker can be changed and re-measured)."""
+    name = f"beir-{ds.name}"
+    found = await client.index_by_name(name)
+    if found is not None and found.get("sync_status") == "succeeded":
+        return str(found["id"]), {"reused": True}
+    index_id, ingest = await client.ingest(name, ((f"{d}.txt", t) for d, t in ds.docs.items()))
+    seconds = ingest["upload_seconds"] + ingest["sync_seconds"]
+    print(f"  {ds.name:10s} ingested {len(ds.docs)} documents in {seconds:.0f} s", flush=True)
+    return index_id, ingest
+
+
+async def evaluate_dataset(client: QuarryClient, ds: Dataset, index_id: str, configs: Sequence[str],
+                           max_queries: int | None) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Evaluate every configuration on the dataset's index; returns the results and the default
+    hybrid's raw candidates (for the rerank study)."""
+    queries = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    if max_queries:
+        queries = dict(list(queries.items())[:max_queries])
+    qrels = {q: ds.qrels[q] for q in queries}
+    out: dict[str, Any] = {"docs": len(ds.docs), "queries": len(queries), "index_id": index_id, "configs": {}}
+    candidates: dict[str, list[dict[str, Any]]] = {}
+    for name in configs:
+        # Reranked requests one at a time: queued behind each other they would run out of budget.
+        fields = CONFIGS[name]
+        parallel = 4 if fields.get("rerank") == NO_RERANK["rerank"] else 1
+        rankings, raw, seconds, degraded = await run_config(client, index_id, queries, fields, parallel)
+        scores = evaluate(rankings, qrels)
+        if name in RECALL_OF and RECALL_OF[name] in out["configs"]:
+            scores["recall@100"] = out["configs"][RECALL_OF[name]]["recall@100"]
+        elif fields.get("top_k", 100) < 100:
+            scores["recall@100"] = None  # fewer than 100 results asked for
+        out["configs"][name] = {**scores, "degraded": degraded,
+                                "latency_ms": {k: v * 1000 for k, v in percentiles(seconds).items()}}
+        if name == "hybrid relative_score 0.5/0.5":
+            candidates = raw
+        recall = "-" if scores["recall@100"] is None else f"{scores['recall@100']:.4f}"
+        print(f"  {ds.name:10s} {name:45s} nDCG@10 {scores['ndcg@10']:.4f}  R@100 {recall}", flush=True)
+    return out, candidates
+
+
+#: Weights of the rerank score when it is blended with the fused score instead of replacing it.
+BLENDS = (0.3, 0.5)
+
+
+def _minmax(values: Sequence[float]) -> list[float]:
+    lo, hi = min(values, default=0.0), max(values, default=0.0)
+    return [1.0 if hi - lo <= 1e-12 else (v - lo) / (hi - lo) for v in values]
+
+
+def rerank_study(ds: Dataset, candidates: Mapping[str, list[dict[str, Any]]], *,
+                 token_caps: Sequence[int], depths: Sequence[int], batch_size: int,
+                 timing_queries: int = 40) -> dict[str, Any]:
+    """nDCG@10 of the fused candidates reranked in process at each (token cap, depth), and the
+    uncached cost of scoring a depth-20 window at each cap (median and p99 over queries)."""
+    from services.rerank.adapters.late_interaction import LateInteractionReranker
+
+    qrels = {q: ds.qrels[q] for q in candidates}
+    base = evaluate({q: dedupe(doc_of(r) for r in rs) for q, rs in candidates.items()}, qrels)["ndcg@10"]
+    out: dict[str, Any] = {"fused_ndcg@10": base, "settings": {}}
+    for cap in token_caps:
+        timer = LateInteractionReranker.load(max_tokens=cap, batch_size=batch_size, cache_size=0)
+        costs = []
+        for qid in list(candidates)[:timing_queries]:
+            window = [r["content"] for r in candidates[qid][:20]]
+            t0 = time.perf_counter()
+            asyncio.run(timer.score(ds.queries[qid], window))
+            costs.append(time.perf_counter() - t0)
+        reranker = LateInteractionReranker.load(max_tokens=cap, batch_size=batch_size, cache_size=100_000,
+                                                cache_mb=2048)
+        for depth in depths:
+            runs: dict[str, list[str]] = {}
+            blends: dict[float, dict[str, list[str]]] = {w: {} for w in BLENDS}
+            for qid, results in candidates.items():
+                window = results[:depth]
+                scores = asyncio.run(reranker.score(ds.queries[qid], [r["content"] for r in window]))
+                tail = [doc_of(r) for r in results[depth:]]
+                order = sorted(range(len(window)), key=lambda i: -scores[i])
+                runs[qid] = dedupe([doc_of(window[i]) for i in order] + tail)
+                # Blend: min-max normalised fused and rerank scores in the window, mixed with weight w.
+                fused, rr = _minmax([r["score"] for r in window]), _minmax(scores)
+                for w in BLENDS:
+                    mixed = sorted(range(len(window)), key=lambda i: -(w * rr[i] + (1 - w) * fused[i]))
+                    blends[w][qid] = dedupe([doc_of(window[i]) for i in mixed] + tail)
+            ndcg = evaluate(runs, qrels)["ndcg@10"]
+            out["settings"][f"{cap}/{depth}"] = {
+                "max_tokens": cap, "depth": depth, "ndcg@10": ndcg,
+                **{f"blend{w}_ndcg@10": evaluate(blends[w], qrels)["ndcg@10"] for w in BLENDS},
+                "depth20_ms_p50": statistics.median(costs) * 1000,
+                "depth20_ms_p99": percentiles(costs).get("p99", 0.0) * 1000,
+            }
+            blend = out["settings"][f"{cap}/{depth}"][f"blend{BLENDS[-1]}_ndcg@10"]
+            print(f"  {ds.name:10s} rerank tokens {cap:4d} depth {depth:3d}: nDCG@10 {ndcg:.4f}, blended {blend:.4f} "
+                  f"(fused {base:.4f}); depth-20 window {statistics.median(costs) * 1000:.0f} ms", flush=True)
+    return out
+
+
+def peer_quality(data_dir: Path, ds: Dataset, index_id: str, max_queries: int | None) -> dict[str, Any]:
+    """nDCG@10 / recall@100 of the LlamaIndex peer over the same chunks (read from Quarry's shard)."""
+    from bench.peer import PeerRetriever, read_chunks
+
+    queries = {q: t for q, t in ds.queries.items() if q in ds.qrels}
+    if max_queries:
+        queries = dict(list(queries.items())[:max_queries])
+    peer = PeerRetriever(read_chunks(data_dir / "dense", index_id), top_k=100)
+    try:
+        runs = {q: dedupe(n[:-4] if n.endswith(".txt") else n for n in peer.retrieve(t)) for q, t in queries.items()}
+    finally:
+        peer.close()
+    return evaluate(runs, {q: ds.qrels[q] for q in queries})
+
+
+def run(datasets: Sequence[Dataset], work_dir: Path, *, smoke: bool = False, max_queries: int | None = None,
+        study: bool = True, peer: bool = True, token_caps: Sequence[int] = (256, 128, 64),
+        depths: Sequence[int] = (10, 20), batch_size: int = 32) -> dict[str, Any]:
+    """The whole quality benchmark; returns the JSON-ready result."""
+    configs = SMOKE_CONFIGS if smoke else tuple(CONFIGS)
+    result: dict[str, Any] = {"configs": list(configs), "datasets": {}}
+    candidates: dict[str, dict[str, list[dict[str, Any]]]] = {}
+
+    async def drive(base_url: str, stack: Stack) -> None:
+        async with QuarryClient(base_url) as client:
+            # One index per dataset, synced concurrently: one more ingest worker per missing index.
+            found = [await client.index_by_name(f"beir-{ds.name}") for ds in datasets]
+            missing = sum(1 for f in found if not f or f.get("sync_status") != "succeeded")
+            for _ in range(missing - 1):
+                await asyncio.to_thread(stack.start_ingest)
+            ingested = await asyncio.gather(*(ensure_index(client, ds) for ds in datasets))
+            for ds, (index_id, ingest) in zip(datasets, ingested, strict=True):
+                result["datasets"][ds.name], candidates[ds.name] = await evaluate_dataset(
+                    client, ds, index_id, configs, max_queries)
+                result["datasets"][ds.name]["ingest"] = ingest
+
+    with running_stack(work_dir) as stack:
+        asyncio.run(drive(stack.base_url, stack))
+    for ds in datasets:
+        entry = result["datasets"][ds.name]
+        if study and candidates[ds.name]:
+            entry["rerank_study"] = rerank_study(ds, candidates[ds.name], token_caps=token_caps, depths=depths,
+                                                 batch_size=batch_size, timing_queries=5 if smoke else 12)
+        if peer:
+            entry["peer"] = peer_quality(work_dir, ds, entry["index_id"], max_queries)
+            print(f"  {ds.name:10s} peer (LlamaIndex)  nDCG@10 {entry['peer']['ndcg@10']:.4f}", flush=True)
+    return result
