@@ -8,17 +8,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.quarry.common.v1 import common_pb2
 from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
-from services.common.channels import channel
 from services.common.convert import filter_to_pb
 from services.common.domain import And, Condition, Op, chunk_id
-from services.common.grpc_server import RunningServer, start_server
 from services.dense.bootstrap import bootstrap
 from services.dense.servicer import SERVICE_NAME, DenseSearchServicer, register
 from services.dense.settings import DenseSettings
+from tests.integration.serving import serving
 
 DOCS = [
     ("file-a", "Glaciers carve valleys as they slowly move downhill.", {"year": 2021, "kind": "geo"}),
@@ -39,19 +37,9 @@ def _chunks(index_id: str) -> list[common_pb2.Chunk]:
 async def stub(tmp_path: Path) -> AsyncIterator[dense_pb2_grpc.DenseSearchStub]:
     settings = DenseSettings(port=0, data_dir=str(tmp_path / "dense"))
     app = bootstrap(settings)
-    running: RunningServer = await start_server(
-        settings, register(DenseSearchServicer(app.service)), [SERVICE_NAME], app.ready
-    )
-    ch = channel(running.address)
-    try:
+    async with serving(settings, register(DenseSearchServicer(app.service)), SERVICE_NAME, app.ready,
+                       app.close) as ch:
         yield dense_pb2_grpc.DenseSearchStub(ch)
-        health = health_pb2_grpc.HealthStub(ch)
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        await ch.close()
-        await running.stop(0)
-        await app.close()
 
 
 async def test_all_rpcs_round_trip(stub: dense_pb2_grpc.DenseSearchStub) -> None:

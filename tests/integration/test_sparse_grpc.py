@@ -18,30 +18,20 @@ from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.common.channels import channel
 from services.common.convert import chunk_to_pb, filter_to_pb, hit_from_pb
 from services.common.domain import And, Condition, Op
-from services.common.grpc_server import RunningServer, start_server
 from services.sparse.bootstrap import bootstrap
 from services.sparse.servicer import SERVICE_NAME, SparseServicer, register
 from services.sparse.settings import SparseSettings
 from tests.contract.filter_scenarios import CHUNKS, INDEX, ids
+from tests.integration.serving import serving
 
 
 @pytest.fixture
 async def stub(tmp_path: Path) -> AsyncIterator[sparse_pb2_grpc.SparseSearchStub]:
     settings = SparseSettings(data_dir=str(tmp_path / "sparse"), port=0, writer_heap_mb=16, threads=2)
     app = bootstrap(settings)
-    running: RunningServer = await start_server(
-        settings, register(SparseServicer(app.service)), [SERVICE_NAME], app.ready
-    )
-    ch = channel(running.address)
-    try:
+    async with serving(settings, register(SparseServicer(app.service)), SERVICE_NAME, app.ready, app.close,
+                       grace=0.5) as ch:
         yield sparse_pb2_grpc.SparseSearchStub(ch)
-        health = health_pb2_grpc.HealthStub(ch)
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        await ch.close()
-        await running.stop(0.5)
-        await app.close()
 
 
 async def test_the_five_rpcs_round_trip(stub: sparse_pb2_grpc.SparseSearchStub) -> None:
