@@ -32,6 +32,11 @@ class IngestSettings(ServiceSettings):
     lease_seconds: float = Field(default=30.0, gt=0, description="job lease; renewed every third of it")
     poll_interval: float = Field(default=1.0, gt=0, description="seconds between ClaimJob calls when idle")
     batch_size: int = Field(default=64, ge=1, description="chunks per Upsert call")
+    window_files: int = Field(
+        default=16, ge=1, le=1024,
+        description="files worked together (fetched and parsed concurrently, chunks sharing Upsert calls); "
+        "also how many source files a worker holds in memory, twice over while the next window is prepared",
+    )
     chunk_size: int = Field(default=200, ge=8, le=254, description="tokens per chunk (model reads 254)")
     chunk_overlap: int = Field(default=40, ge=0, description="tokens shared by consecutive chunks")
     rpc_timeout: float = Field(default=10.0, gt=0, description="deadline of every files/DeleteFile call")

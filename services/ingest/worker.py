@@ -3,9 +3,16 @@
 Protocol (quarry.files.v1.Files, "Ingest worker protocol"): ClaimJob with a lease, renew it
 every third of the lease while working, ListJobItems, handle each pending item and commit it
 with CompleteJobItem, then FinishJob. A worker that dies leaves its lease to expire and
-another worker resumes the job at the first item not yet committed. Chunk ids are
+another worker resumes the job with the items not yet committed. Chunk ids are
 ``chunk_id(parsed_file_id, version, index)``, and a file's chunks are deleted before they are
 written, so redoing an item after a crash rewrites the same ids and never duplicates.
+
+Upserts are worked in *windows* of up to ``window_files`` files: the files of a window are
+fetched, parsed and chunked concurrently, their chunks share Upsert calls of ``batch_size``
+(one embedding batch and one index commit per call instead of several per file) and their
+cards one more call, and then each item is committed. While a window is written the next one
+is already being prepared. A job of many small files therefore costs a few calls per window
+rather than per file; the window size bounds how many source files are held in memory.
 
 Per upserted file the worker also writes its "file card" (name and metadata as text, see
 ``cards``) to the companion index ``files_index_id(index_id)`` of both engines and, for a PDF
@@ -170,9 +177,22 @@ def build_chunks(
     ]
 
 
-def _batched(items: Sequence[Chunk], size: int) -> Iterator[Sequence[Chunk]]:
+def _batched(items: Sequence[_R], size: int) -> Iterator[Sequence[_R]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedFile:
+    """One upsert item, parsed and chunked, ready to be written."""
+
+    item: files_pb2.JobItem
+    content: bytes
+    document: ParsedDocument
+    prepared: files_pb2.PrepareParsedFileResponse
+    config: IndexConfig
+    chunks: list[Chunk]
+    card: Chunk
 
 
 class IngestWorker:
@@ -200,8 +220,8 @@ class IngestWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and work jobs until ``stop`` is set; poll every ``poll_interval`` when idle.
 
-        When ``stop`` is set mid-job, the item in progress is finished and the job is left to
-        its lease. Cancel the task to abandon the item as well.
+        When ``stop`` is set mid-job, the window in progress is finished and the job is left to
+        its lease. Cancel the task to abandon the window as well.
         """
         log.info("ingest worker %s started", self.worker_id)
         while not stop.is_set():
@@ -269,12 +289,9 @@ class IngestWorker:
                 "ListJobItems", self._files.ListJobItems, files_pb2.ListJobItemsRequest(job_id=job.id),
                 lease=True,
             )
-            for item in listed.items:
-                if item.status == "done":
-                    continue
-                if stop.is_set():
-                    return JobOutcome.ABANDONED
-                await self._process_item(job, item)
+            pending = [item for item in listed.items if item.status != "done"]
+            if not await self._work_items(job, pending, stop):
+                return JobOutcome.ABANDONED
             await self._call(
                 "FinishJob",
                 self._files.FinishJob,
@@ -292,6 +309,32 @@ class IngestWorker:
         except Exception as exc:
             log.exception("job %s failed", job.id, extra={"job_id": job.id})
             return await self._fail(job, f"internal error: {type(exc).__name__}")
+
+    async def _work_items(self, job: files_pb2.Job, items: Sequence[files_pb2.JobItem],
+                          stop: asyncio.Event) -> bool:
+        """Deletes one by one, upserts in windows (the next prepared while one is written);
+        ``False`` when ``stop`` was set before the work ran out."""
+        for item in items:
+            if item.action != "upsert":
+                if stop.is_set():
+                    return False
+                await self._process_item(job, item)
+        windows = list(_batched([i for i in items if i.action == "upsert"], self._s.window_files))
+        ahead: asyncio.Task[list[_PreparedFile]] | None = None
+        try:
+            for n, window in enumerate(windows):
+                if stop.is_set():
+                    return False
+                ready = await (ahead or self._prepare_window(job, window))
+                ahead = None
+                if n + 1 < len(windows) and not stop.is_set():
+                    ahead = asyncio.create_task(self._prepare_window(job, windows[n + 1]))
+                await self._write_window(job, ready)
+            return True
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
 
     async def _fail(self, job: files_pb2.Job, error: str) -> JobOutcome:
         try:
@@ -312,16 +355,21 @@ class IngestWorker:
         return JobOutcome.FAILED
 
     async def _process_item(self, job: files_pb2.Job, item: files_pb2.JobItem) -> None:
-        if item.action == "upsert":
-            await self._upsert(job, item)
-        elif item.action == "delete":
+        """A delete (or an action this worker does not know, committed with an error)."""
+        if item.action == "delete":
             if item.parsed_file_id:
                 await self._delete_from_engines(job.index_id, item.parsed_file_id)
             await self._complete(job, item)
         else:
             await self._complete(job, item, error=f"unknown job item action {item.action!r}")
 
-    async def _upsert(self, job: files_pb2.Job, item: files_pb2.JobItem) -> None:
+    async def _prepare_window(self, job: files_pb2.Job, items: Sequence[files_pb2.JobItem]) -> list[_PreparedFile]:
+        """The window's files fetched, parsed and chunked concurrently; the ones that cannot be
+        indexed are committed with their error here and left out."""
+        prepared = await self._together(*(self._prepare(job, item) for item in items))
+        return [p for p in prepared if p is not None]
+
+    async def _prepare(self, job: files_pb2.Job, item: files_pb2.JobItem) -> _PreparedFile | None:
         try:
             source = await self._call(
                 "GetSourceFile",
@@ -333,21 +381,20 @@ class IngestWorker:
             if exc.code != grpc.StatusCode.NOT_FOUND:
                 raise
             await self._complete(job, item, error="source file not found")
-            return
+            return None
         meta = source.file
         try:
             document = await asyncio.to_thread(parse, source.content, meta.display_name, meta.content_type)
         except ParseError as exc:
             log.info("cannot parse %s: %s", meta.display_name, exc, extra={"job_id": job.id})
             await self._complete(job, item, error=f"parse error: {exc}")
-            return
+            return None
         prepared = await self._call(
             "PrepareParsedFile",
             self._files.PrepareParsedFile,
             files_pb2.PrepareParsedFileRequest(index_id=job.index_id, source_file_id=item.source_file_id),
             lease=True,
         )
-        config = IndexConfig.from_json(prepared.index_config_json)
         pieces = await asyncio.to_thread(
             chunk_text, document.text, document.pages, self._chunking, self._tokenizer
         )
@@ -372,14 +419,25 @@ class IngestWorker:
             source_id=source_id,
             tokenizer=self._tokenizer,
         )
-        await self._delete_from_engines(job.index_id, prepared.parsed_file_id)
+        return _PreparedFile(item, source.content, document, prepared,
+                             IndexConfig.from_json(prepared.index_config_json), chunks, card)
+
+    async def _write_window(self, job: files_pb2.Job, files: Sequence[_PreparedFile]) -> None:
+        """Clear the files from both engines, write their chunks in shared batches and their
+        cards in one call, then (page images and) commit each item."""
+        if not files:
+            return
+        await self._together(*(self._delete_from_engines(job.index_id, f.prepared.parsed_file_id) for f in files))
+        chunks = [c for f in files for c in f.chunks]
         for batch in _batched(chunks, self._s.batch_size):
             await self._upsert_chunks(job.index_id, batch)
-        await self._upsert_chunks(card.index_id, [card])
-        await self._page_images(job, prepared, source.content, document, config)
-        await self._complete(job, item, document=document, chunk_count=len(chunks))
-        log.info("indexed %s as %s v%d: %d chunks", meta.display_name, prepared.parsed_file_id,
-                 prepared.version, len(chunks), extra={"job_id": job.id})
+        await self._upsert_chunks(files_index_id(job.index_id), [f.card for f in files])
+        for f in files:
+            await self._page_images(job, f.prepared, f.content, f.document, f.config)
+            await self._complete(job, f.item, document=f.document, chunk_count=len(f.chunks))
+            log.debug("indexed %s as %s v%d: %d chunks", f.item.source_file_id, f.prepared.parsed_file_id,
+                      f.prepared.version, len(f.chunks), extra={"job_id": job.id})
+        log.info("indexed %d files, %d chunks", len(files), len(chunks), extra={"job_id": job.id})
 
     async def _upsert_chunks(self, index_id: str, chunks: Sequence[Chunk]) -> None:
         """One Upsert of the same chunks to both engines."""
@@ -509,15 +567,16 @@ class IngestWorker:
         await self._call("CompleteJobItem", self._files.CompleteJobItem, request, lease=True)
 
     @staticmethod
-    async def _together(*calls: Coroutine[Any, Any, Any]) -> None:
-        """Await calls concurrently; if one fails the others are cancelled and its error raised."""
+    async def _together(*calls: Coroutine[Any, Any, _R]) -> list[_R]:
+        """Await calls concurrently, results in order; if one fails the others are cancelled and
+        its error raised (a lost lease first)."""
         try:
             async with asyncio.TaskGroup() as group:
-                for call in calls:
-                    group.create_task(call)
+                tasks = [group.create_task(call) for call in calls]
         except BaseExceptionGroup as group_error:
             errors = list(group_error.exceptions)
             raise next((e for e in errors if isinstance(e, LeaseLost)), errors[0]) from None
+        return [task.result() for task in tasks]
 
     async def _call(
         self,

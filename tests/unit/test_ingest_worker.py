@@ -182,7 +182,9 @@ async def test_lease_loss_stops_the_job(h: Harness) -> None:
     assert h.files.lease_revoked.is_set()
     assert h.files.jobs[job_id].finish is None
     assert h.files.completed == []
-    assert h.files.rec.called("GetSourceFile")[-1].request.source_file_id == "src-txt"
+    # Both files were one window: fetched together, held at their first Upsert, never committed.
+    assert {c.request.source_file_id for c in h.files.rec.called("GetSourceFile")} == {"src-txt", "src-pdf"}
+    assert len(h.dense.rec.called("Upsert")) == 1
     h.dense.gate.set()
 
 
@@ -273,11 +275,67 @@ async def test_stop_finishes_the_current_item_and_leaves_the_job(h: Harness) -> 
     stop = asyncio.Event()
     h.files.on_complete = lambda _: stop.set()  # SIGTERM arrives while the first item is in flight
 
-    await h.worker().run(stop)
+    await h.worker(window_files=1).run(stop)
 
     assert [c.source_file_id for c in h.files.completed] == ["src-pdf"]
     assert h.files.jobs[job_id].finish is None  # left to the lease for another worker
     assert len(h.files.rec.called("ClaimJob")) == 1
+
+
+def add_small_sources(h: Harness, n: int) -> list[str]:
+    ids = [f"src-{i}" for i in range(n)]
+    for i, source in enumerate(ids):
+        h.files.add_source(source, f"note-{i}.txt", f"Note {i} about shard {i * 7}.".encode())
+    return ids
+
+
+async def test_small_files_share_upsert_calls_within_a_window(h: Harness) -> None:
+    sources = add_small_sources(h, 10)
+    job_id = h.files.add_job(INDEX, [(s, "upsert") for s in sources])
+
+    assert await h.worker(window_files=16, batch_size=4).run_once() is JobOutcome.SUCCEEDED
+
+    assert [c.source_file_id for c in h.files.completed] == sources  # committed in job order
+    assert all(c.chunk_count == 1 and c.error == "" for c in h.files.completed)
+    for engine in (h.dense, h.sparse):
+        upserts = [c.request for c in engine.rec.called("Upsert")]
+        # 10 one-chunk files: 3 calls of <= 4 chunks, then one call with the 10 cards.
+        assert [(r.index_id, len(r.chunks)) for r in upserts] == [(INDEX, 4), (INDEX, 4), (INDEX, 2), (FILES_INDEX, 10)]
+        assert len(engine.ids(INDEX)) == 10 and len(engine.ids(FILES_INDEX)) == 10
+    assert h.files.jobs[job_id].finish.status == "succeeded"  # type: ignore[union-attr]
+
+
+async def test_windows_are_committed_in_turn_and_stop_drops_the_window_prepared_ahead(h: Harness) -> None:
+    sources = add_small_sources(h, 5)
+    job_id = h.files.add_job(INDEX, [(s, "upsert") for s in sources])
+    stop = asyncio.Event()
+    h.files.on_complete = lambda _: stop.set()  # SIGTERM during the first window's commits
+
+    await h.worker(window_files=2).run(stop)
+
+    # The first window is finished; the next one (perhaps fetched already) is neither written nor committed.
+    assert [c.source_file_id for c in h.files.completed] == sources[:2]
+    assert {c.request.index_id for c in h.dense.rec.called("Upsert")} == {INDEX, FILES_INDEX}
+    assert h.dense.ids(INDEX) == {chunk_id(parsed_file_id_for(INDEX, s), 1, 0) for s in sources[:2]}
+    assert h.files.jobs[job_id].finish is None
+
+    # Another worker resumes with what was not committed.
+    h.files.on_complete = None
+    h.files.jobs[job_id].job.status = "pending"
+    assert await h.worker(worker_id="worker-b", window_files=2).run_once() is JobOutcome.SUCCEEDED
+    assert [c.source_file_id for c in h.files.completed] == sources
+    assert len(h.dense.ids(INDEX)) == 5 == len(h.sparse.ids(FILES_INDEX))
+
+
+async def test_a_failed_window_fails_the_job_without_committing_the_next(h: Harness) -> None:
+    sources = add_small_sources(h, 4)
+    job_id = h.files.add_job(INDEX, [(s, "upsert") for s in sources])
+    h.sparse.rec.failures["Upsert"] = [grpc.StatusCode.INVALID_ARGUMENT]
+
+    assert await h.worker(window_files=2).run_once() is JobOutcome.FAILED
+
+    assert h.files.completed == []
+    assert h.files.jobs[job_id].finish.error.startswith("sparse Upsert: INVALID_ARGUMENT")  # type: ignore[union-attr]
 
 
 async def test_idle_worker_polls_until_stopped(h: Harness) -> None:
