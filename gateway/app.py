@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import errors
 from gateway.auth import Authenticator
 from gateway.backends import Backends
-from gateway.cache import Cache, LruCache, RedisCache
+from gateway.cache import Cache, IndexCache, LruCache, RedisCache
 from gateway.routes import catalog, media, pipelines, retrieval
 from gateway.settings import GatewaySettings
 from services.common.logging import request_id
@@ -80,6 +80,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             rerank=settings.rerank_addr, files=settings.files_addr,
         )
         app.state.cache = build_cache(settings)
+        app.state.indexes = IndexCache(settings.index_cache_seconds)
         app.state.auth = Authenticator(settings.auth_cache_seconds, settings.catalog_timeout_seconds)
         try:
             yield

@@ -14,6 +14,8 @@ import time
 from collections import OrderedDict
 from typing import Any, Protocol
 
+from services._proto.quarry.files.v1 import files_pb2
+
 log = logging.getLogger(__name__)
 
 
@@ -92,3 +94,41 @@ class RedisCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class IndexCache:
+    """The query path's view of the catalog: (project, index id) -> the index, for ``ttl`` seconds.
+
+    A retrieve needs its index only to check that it belongs to the caller and to key the
+    response cache by its generation; asking the files service each time was most of a cache
+    hit's latency. Every other route reads the index afresh and refreshes this view, and a
+    delete through this gateway forgets it, so a client that polls a sync until it succeeded
+    (as the official clients do) queries the new generation at once. What another replica did
+    is seen here after at most ``ttl`` seconds. ``ttl`` 0 turns the view off.
+    """
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._data: dict[tuple[str, str], tuple[float, files_pb2.Index]] = {}
+
+    def get(self, project_id: str, index_id: str) -> files_pb2.Index | None:
+        item = self._data.get((project_id, index_id))
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def put(self, project_id: str, index: files_pb2.Index, *asked: str) -> None:
+        """Remember ``index`` under its id and any other id it was asked for by."""
+        if self._ttl <= 0:
+            return
+        if len(self._data) >= self._max:
+            self._data.clear()
+        expires = time.monotonic() + self._ttl
+        for index_id in {index.id, *asked}:
+            self._data[(project_id, index_id)] = (expires, index)
+
+    def forget(self, project_id: str, index_id: str) -> None:
+        for key in [k for k, (_, index) in self._data.items()
+                    if k[0] == project_id and index_id in (k[1], index.id)]:
+            del self._data[key]

@@ -13,15 +13,34 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from services.common.domain import Chunk, Hit
+from typing import Generic, Protocol, TypeVar
 
 RRF_K = 60
 
 
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+C = TypeVar("C", bound=_Identified)
+C_co = TypeVar("C_co", bound=_Identified, covariant=True)
+
+
+class Ranked(Protocol[C_co]):
+    """A leg's hit: a domain ``Hit`` or the wire message itself (the gateway fuses the legs'
+    messages and converts only the chunks it returns)."""
+
+    @property
+    def chunk(self) -> C_co: ...
+
+    @property
+    def score(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
-class Fused:
-    chunk: Chunk
+class Fused(Generic[C]):
+    chunk: C
     score: float
     dense_score: float | None
     sparse_score: float | None
@@ -61,13 +80,13 @@ _NORMALISERS: dict[str, Callable[[Sequence[float]], list[float]]] = {
 
 
 def fuse(
-    dense: Sequence[Hit],
-    sparse: Sequence[Hit],
+    dense: Sequence[Ranked[C]],
+    sparse: Sequence[Ranked[C]],
     *,
     dense_weight: float,
     sparse_weight: float,
     method: str = "relative_score",
-) -> list[Fused]:
+) -> list[Fused[C]]:
     """Combine two rankings (each sorted best first) into one, best first.
 
     Ties break by chunk id so the order is deterministic.
@@ -77,7 +96,7 @@ def fuse(
     if total <= 0:
         return []
     combined: dict[str, float] = {}
-    chunks: dict[str, Chunk] = {}
+    chunks: dict[str, C] = {}
     raw: dict[str, list[float | None]] = {}
     for leg, (hits, weight) in enumerate(((dense, dense_weight), (sparse, sparse_weight))):
         if weight <= 0:

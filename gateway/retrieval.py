@@ -16,7 +16,9 @@ import grpc
 
 from gateway.backends import Backends, Budget, LegResult
 from gateway.fusion import Fused, fuse
-from services.common.domain import FilterNode
+from services._proto.quarry.common.v1 import common_pb2
+from services.common.convert import chunk_from_pb
+from services.common.domain import Chunk, FilterNode
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,14 @@ class Plan:
 
 @dataclass(frozen=True)
 class Result:
-    fused: Fused
+    fused: Fused[Chunk]
     rerank_score: float | None
+
+    @classmethod
+    def of(cls, fused: Fused[common_pb2.Chunk], rerank_score: float | None) -> Result:
+        """A returned result, its chunk converted from the leg's message."""
+        chunk = chunk_from_pb(fused.chunk)
+        return cls(Fused(chunk, fused.score, fused.dense_score, fused.sparse_score), rerank_score)
 
 
 @dataclass
@@ -148,14 +156,14 @@ async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
             scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
             blended = blend(scores, [f.score for f in window], plan.rerank_blend)
             ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
-            results = [Result(f, s) for f, s in ranked[:n]]
+            results = [Result.of(f, s) for f, s in ranked[:n]]
         except Exception as exc:
             if not _degradable(exc):
                 raise
             degraded.append(f"rerank failed ({_describe(exc)}); fused order")
-            results = [Result(f, None) for f in fused[:n]]
+            results = [Result.of(f, None) for f in fused[:n]]
         latency["rerank"] = time.perf_counter() - t0
     else:
-        results = [Result(f, None) for f in fused[:n]]
+        results = [Result.of(f, None) for f in fused[:n]]
     latency["retrieve"] = time.perf_counter() - started
     return Outcome(results, latency, degraded)

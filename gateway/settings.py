@@ -49,6 +49,9 @@ class GatewaySettings(BaseSettings):
     # Catalog calls (auth, index lookup) are small and get this budget each.
     catalog_timeout_seconds: float = Field(default=5.0, gt=0)
     auth_cache_seconds: float = Field(default=10.0, ge=0)
+    # How long a retrieve may use an index read by an earlier request (its owner and generation);
+    # see gateway.cache.IndexCache. 0: read it from the files service on every retrieve.
+    index_cache_seconds: float = Field(default=1.0, ge=0)
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     # Legacy files_* modes return whole files: longer texts are cut here.
     max_file_node_chars: int = Field(default=2_000_000, gt=0)

@@ -10,11 +10,10 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway import models, shaping
 from gateway.errors import error_response, field_error
-from gateway.routes.deps import Project, catalog_timeout, files_of, settings_of
+from gateway.routes.deps import Project, catalog_timeout, files_of, resolve_index, settings_of
 from services._proto.quarry.files.v1 import files_pb2
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
-
 
 
 # ---- projects -----------------------------------------------------------------------------
@@ -246,9 +245,7 @@ async def list_indexes(
 async def get_index(
     index_id: str, request: Request, project: Project, expand: Annotated[list[str] | None, Query()] = None
 ) -> models.Index:
-    i = await files_of(request).GetIndex(
-        files_pb2.GetIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
-    )
+    i = await resolve_index(request, project, index_id)
     return shaping.index(i, expand_sync="sync_in_progress" in (expand or []))
 
 
@@ -258,6 +255,7 @@ async def delete_index(index_id: str, request: Request, project: Project) -> Res
     await files_of(request).DeleteIndex(
         files_pb2.DeleteIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
+    request.app.state.indexes.forget(project.id, index_id)
     await request.app.state.backends.drop_index(index_id, settings_of(request).request_timeout_seconds)
     return Response(status_code=204)
 

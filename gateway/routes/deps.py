@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from gateway.auth import current_project
+from gateway.cache import IndexCache
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
 
@@ -26,3 +27,20 @@ def files_of(request: Request) -> files_pb2_grpc.FilesStub:
 def catalog_timeout(request: Request) -> float:
     """The deadline of one catalog call."""
     return settings_of(request).catalog_timeout_seconds
+
+
+async def resolve_index(request: Request, project: files_pb2.Project, index_id: str, *,
+                        for_query: bool = False) -> files_pb2.Index:
+    """The index if it belongs to the caller's project (NOT_FOUND -> 404 otherwise).
+
+    ``for_query``: a retrieve, which may use the index as an earlier request read it (see
+    ``IndexCache``); everything else reads it afresh, and that refreshes the retrieves' view.
+    """
+    indexes: IndexCache = request.app.state.indexes
+    if for_query and (known := indexes.get(project.id, index_id)) is not None:
+        return known
+    index: files_pb2.Index = await files_of(request).GetIndex(
+        files_pb2.GetIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
+    )
+    indexes.put(project.id, index, index_id)
+    return index

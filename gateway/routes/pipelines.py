@@ -27,8 +27,7 @@ from gateway.cache import cache_key
 from gateway.errors import error_response, field_error
 from gateway.filters import compile_metadata_filters, conjunction
 from gateway.retrieval import retrieve
-from gateway.routes.deps import Project, catalog_timeout, files_of, settings_of
-from gateway.routes.retrieval import resolve_index
+from gateway.routes.deps import Project, catalog_timeout, files_of, resolve_index, settings_of
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import DOCUMENT_CONTENT_TYPE
 
@@ -238,6 +237,7 @@ async def delete_pipeline(pipeline_id: str, request: Request, project: Project) 
     await files_of(request).DeleteIndex(
         files_pb2.DeleteIndexRequest(project_id=project.id, index_id=pipeline_id), timeout=catalog_timeout(request)
     )
+    request.app.state.indexes.forget(project.id, pipeline_id)
     await request.app.state.backends.drop_index(pipeline_id, settings_of(request).request_timeout_seconds)
     return Response(status_code=204)
 
@@ -552,7 +552,7 @@ async def retrieve_pipeline(
     plan = use.legacy_plan(pipeline_id, body, settings, flt)
     if plan.dense_weight <= 0 and plan.sparse_weight <= 0:
         return field_error(("body", "alpha"), "alpha leaves no leg to search")
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id, for_query=True)
     key = cache_key("pipeline-retrieve", index.id, index.generation, body.model_dump(mode="json"))
     cache = request.app.state.cache
     if (hit := await cache.get(key)) is not None:
@@ -615,7 +615,7 @@ async def retrieve_pipeline(
         pipeline_id=index.id, retrieval_nodes=nodes, image_nodes=image_nodes,
         inferred_search_filters=inferred_shown, retrieval_latency=latency, metadata=metadata,
     )
-    payload = response.model_dump(mode="json", exclude_none=True)
+    rendered = JSONResponse(response.model_dump(mode="json", exclude_none=True))
     if not outcome.degraded:
-        await cache.set(key, json.dumps(payload).encode(), settings.cache_ttl_seconds)
-    return JSONResponse(payload)
+        await cache.set(key, bytes(rendered.body), settings.cache_ttl_seconds)
+    return rendered

@@ -15,23 +15,13 @@ from gateway.errors import field_error
 from gateway.filters import compile_custom_filters, compile_static_filters, conjunction
 from gateway.pipelines import index_config
 from gateway.retrieval import Outcome, Plan, retrieve
-from gateway.routes.deps import Project
+from gateway.routes.deps import Project, resolve_index
 from gateway.routes.media import ATTACHMENT_TYPE, attachment_name
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import Chunk
 
 router = APIRouter(prefix="/api/v1/retrieval", tags=["retrieval"])
-
-
-async def resolve_index(request: Request, project: files_pb2.Project, index_id: str) -> files_pb2.Index:
-    """The index if it belongs to the caller's project (NOT_FOUND -> 404 otherwise)."""
-    settings: GatewaySettings = request.app.state.settings
-    index: files_pb2.Index = await request.app.state.backends.files.GetIndex(
-        files_pb2.GetIndexRequest(project_id=project.id, index_id=index_id),
-        timeout=settings.catalog_timeout_seconds,
-    )
-    return index
 
 
 def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
@@ -126,7 +116,7 @@ async def retrieve_route(body: models.RetrieveRequest, request: Request, project
             ("body", "vector_pipeline_weight"),
             "vector_pipeline_weight and full_text_pipeline_weight cannot both be 0",
         )
-    index = await resolve_index(request, project, body.index_id)
+    index = await resolve_index(request, project, body.index_id, for_query=True)
     key = cache_key("retrieve", index.id, index.generation, body.model_dump(mode="json"))
     cache = request.app.state.cache
     hit = await cache.get(key)
@@ -138,10 +128,10 @@ async def retrieve_route(body: models.RetrieveRequest, request: Request, project
     outcome = await retrieve(request.app.state.backends, plan, budget)
     response = shape(outcome, await stored_pages(request, project.id, index, outcome))
     response.latency = {**(response.latency or {}), "total": time.perf_counter() - started}
-    payload = response.model_dump(mode="json")
+    rendered = JSONResponse(response.model_dump(mode="json"))
     if not outcome.degraded:  # never cache a degraded answer
-        await cache.set(key, json.dumps(payload).encode(), settings.cache_ttl_seconds)
-    return JSONResponse(payload)
+        await cache.set(key, bytes(rendered.body), settings.cache_ttl_seconds)
+    return rendered
 
 
 async def _find(

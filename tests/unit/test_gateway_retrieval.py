@@ -9,6 +9,8 @@ import pytest
 
 from gateway.backends import Backends, Budget, LegResult
 from gateway.retrieval import Plan, blend, retrieve
+from services._proto.quarry.common.v1 import common_pb2
+from services.common.convert import hit_to_pb
 from services.common.domain import Chunk, FilterNode, Hit
 
 
@@ -16,14 +18,16 @@ def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=code.name)
 
 
-def hits(*pairs: tuple[str, float]) -> list[Hit]:
-    return [Hit(Chunk(id=cid, index_id="i", file_id="f", content=f"text {cid}"), score) for cid, score in pairs]
+def hits(*pairs: tuple[str, float]) -> list[common_pb2.Hit]:
+    """What a leg answers: hit messages, as on the wire."""
+    return [hit_to_pb(Hit(Chunk(id=cid, index_id="i", file_id="f", content=f"text {cid}"), score))
+            for cid, score in pairs]
 
 
 class FakeBackends(Backends):
     """Backends whose legs and reranker answer from fixed data or fail with a given status."""
 
-    def __init__(self, dense: list[Hit] | grpc.StatusCode, sparse: list[Hit] | grpc.StatusCode,
+    def __init__(self, dense: list[common_pb2.Hit] | grpc.StatusCode, sparse: list[common_pb2.Hit] | grpc.StatusCode,
                  rerank: dict[str, float] | grpc.StatusCode | None = None) -> None:
         self._answers = {"dense": dense, "sparse": sparse}
         self._rerank = rerank
