@@ -10,8 +10,8 @@ it reranks exactly the default window; its recall@100 is the hybrid's, because t
 reorders only the top ``rerank_depth`` of the same fused list.
 
 The rerank study then re-scores the default hybrid's fused candidates in this process with
-the late-interaction reranker at several passage-token caps and depths, to choose the
-setting on quality and cost together.
+the late-interaction reranker at each passage-token cap and depth, alone and blended with the
+fused score at several weights, to choose the setting on quality and cost together.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 #: configuration -> the no-rerank configuration whose top-100 set it shares (recall@100).
 RECALL_OF = {"defaults + rerank": "hybrid dbsf 0.5/0.5", "hybrid rrf + rerank": "hybrid rrf 0.5/0.5"}
+#: The server's default hybrid (no rerank): its candidates are what the reranker sees.
+DEFAULT_HYBRID = "hybrid dbsf 0.5/0.5"
 SMOKE_CONFIGS = ("sparse only", "dense only", "hybrid relative_score 0.5/0.5", "hybrid rrf 0.5/0.5",
                  "hybrid dbsf 0.5/0.5", "defaults + rerank")
 
@@ -133,7 +135,7 @@ async def evaluate_dataset(client: QuarryClient, ds: Dataset, index_id: str, con
             scores["recall@100"] = None  # fewer than 100 results asked for
         out["configs"][name] = {**scores, "degraded": degraded,
                                 "latency_ms": {k: v * 1000 for k, v in percentiles(seconds).items()}}
-        if name == "hybrid relative_score 0.5/0.5":
+        if name == DEFAULT_HYBRID:
             candidates = raw
         recall = "-" if scores["recall@100"] is None else f"{scores['recall@100']:.4f}"
         print(f"  {ds.name:10s} {name:45s} nDCG@10 {scores['ndcg@10']:.4f}  R@100 {recall}", flush=True)
@@ -141,7 +143,7 @@ async def evaluate_dataset(client: QuarryClient, ds: Dataset, index_id: str, con
 
 
 #: Weights of the rerank score when it is blended with the fused score instead of replacing it.
-BLENDS = (0.3, 0.5)
+BLENDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
 def _minmax(values: Sequence[float]) -> list[float]:
@@ -190,8 +192,8 @@ def rerank_study(ds: Dataset, candidates: Mapping[str, list[dict[str, Any]]], *,
                 "depth20_ms_p50": statistics.median(costs) * 1000,
                 "depth20_ms_p99": percentiles(costs).get("p99", 0.0) * 1000,
             }
-            blend = out["settings"][f"{cap}/{depth}"][f"blend{BLENDS[-1]}_ndcg@10"]
-            print(f"  {ds.name:10s} rerank tokens {cap:4d} depth {depth:3d}: nDCG@10 {ndcg:.4f}, blended {blend:.4f} "
+            blended = ", ".join(f"{w}: {out['settings'][f'{cap}/{depth}'][f'blend{w}_ndcg@10']:.4f}" for w in BLENDS)
+            print(f"  {ds.name:10s} rerank tokens {cap:4d} depth {depth:3d}: nDCG@10 {ndcg:.4f}, blended {blended} "
                   f"(fused {base:.4f}); depth-20 window {statistics.median(costs) * 1000:.0f} ms", flush=True)
     return out
 
@@ -212,7 +214,7 @@ def peer_quality(data_dir: Path, ds: Dataset, index_id: str, max_queries: int | 
 
 
 def run(datasets: Sequence[Dataset], work_dir: Path, *, smoke: bool = False, max_queries: int | None = None,
-        study: bool = True, peer: bool = True, token_caps: Sequence[int] = (256, 128, 64),
+        study: bool = True, peer: bool = True, token_caps: Sequence[int] = (128,),
         depths: Sequence[int] = (10, 20), batch_size: int = 32) -> dict[str, Any]:
     """The whole quality benchmark; returns the JSON-ready result."""
     configs = SMOKE_CONFIGS if smoke else tuple(CONFIGS)
