@@ -8,6 +8,7 @@ paragraphs, so BM25 and the embedding model see text with a realistic word distr
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 import re
@@ -73,6 +74,9 @@ class Vocabulary:
         common = counts.most_common()
         self.words = [w for w, _ in common]
         self.weights = [c for _, c in common]
+        # Cumulative once: ``choices(weights=...)`` would sum the whole vocabulary on every call.
+        self._cum = list(itertools.accumulate(self.weights))
+        self._tail_cum = list(itertools.accumulate(self.weights[200:]))
         self._rng = random.Random(seed)
 
     @classmethod
@@ -90,7 +94,7 @@ class Vocabulary:
         return Vocabulary(Counter(dict(zip(self.words, self.weights, strict=True))), seed)
 
     def sample(self, n: int) -> list[str]:
-        return self._rng.choices(self.words, weights=self.weights, k=n)
+        return self._rng.choices(self.words, cum_weights=self._cum, k=n)
 
     def paragraph(self, words: int) -> str:
         """Sentences of 6-20 words (capitalised, full stop) adding up to about ``words`` words."""
@@ -110,7 +114,7 @@ class Vocabulary:
         """2-5 words from outside the 200 most frequent (queries name content words)."""
         n = self._rng.randint(2, 5)
         tail = len(self.words) - 200
-        picks = self._rng.choices(range(200, len(self.words)), weights=self.weights[200:], k=n) if tail > 0 else []
+        picks = self._rng.choices(range(200, len(self.words)), cum_weights=self._tail_cum, k=n) if tail > 0 else []
         return " ".join(self.words[i] for i in picks) or " ".join(self.sample(n))
 
 

@@ -173,17 +173,25 @@ def plot_stages(speed: dict[str, Any], out: Path) -> None:
 
 def plot_rerank(quality: dict[str, Any], out: Path) -> None:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name, entry in quality["datasets"].items():
         study = entry.get("rerank_study")
         if not study:
             continue
         settings = sorted(study["settings"].values(), key=lambda s: (s["max_tokens"], s["depth"]))
-        gains = [s["ndcg@10"] - study["fused_ndcg@10"] for s in settings]
-        ax.plot([f"{s['max_tokens']}/{s['depth']}" for s in settings], gains, marker="o", label=name)
+        kinds = ["ndcg@10", *sorted(k for k in settings[0] if k.startswith("blend"))]
+        labels, gains = [], []
+        for s in settings:
+            for kind in kinds:
+                w = "alone" if kind == "ndcg@10" else "w=" + kind.removeprefix("blend").removesuffix("_ndcg@10")
+                labels.append(f"{s['max_tokens']}/{s['depth']} {w}")
+                gains.append(100 * (s[kind] / study["fused_ndcg@10"] - 1))
+        ax.plot(labels, gains, marker="o", label=name)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel("passage token cap / rerank depth")
-    ax.set_ylabel("nDCG@10 change over the fused order")
+    ax.axhline(-1, color="red", lw=0.8, ls=":")
+    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    ax.set_xlabel("passage token cap / rerank depth, rerank alone or blended with weight w")
+    ax.set_ylabel("nDCG@10 change over the fused order (%)")
     ax.set_title("Late-interaction rerank: what each setting buys")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -216,35 +224,30 @@ def quality_section(q: dict[str, Any]) -> list[str]:
                 + ", ".join(f"{d}/{c}: {n}" for (d, c), n in degraded.items()) + ".", ""]
     studies = {d: q["datasets"][d]["rerank_study"] for d in datasets if q["datasets"][d].get("rerank_study")}
     if studies:
-        keys = sorted(next(iter(studies.values()))["settings"],
-                      key=lambda k: tuple(int(x) for x in k.split("/")))
+        names = list(studies)
+        first = next(iter(studies.values()))["settings"]
+        keys = sorted(first, key=lambda k: tuple(int(x) for x in k.split("/")))
+        kinds = [("ndcg@10", "rerank alone")] + [
+            (k, "blend w=" + k.removeprefix("blend").removesuffix("_ndcg@10"))
+            for k in first[keys[0]] if k.startswith("blend")]
         out += ["### Rerank study (late interaction, in process over the default hybrid's candidates)", "",
-                "nDCG@10 per passage token cap / rerank depth; `fused` is the order before reranking. "
-                "Cost: CPU-bound scoring of an uncached 20-passage window, median ms.", ""]
-        header = ["setting", *datasets, "mean gain", *[f"{d} ms" for d in datasets]]
-        rows = [["fused", *[_f(studies[d]["fused_ndcg@10"], 4) for d in datasets], "", *["" for _ in datasets]]]
-        for k in keys:
-            gains = [studies[d]["settings"][k]["ndcg@10"] - studies[d]["fused_ndcg@10"] for d in datasets]
-            rows.append([k, *[_f(studies[d]["settings"][k]["ndcg@10"], 4) for d in datasets],
-                         f"{sum(gains) / len(gains):+.4f}",
-                         *[_f(studies[d]["settings"][k]["depth20_ms_p50"], 0) for d in datasets]])
-        out += [_table(header, rows), "", "![rerank](bench/rerank.png)", ""]
-    blends = {d: q["datasets"][d]["rerank_blend_study"] for d in datasets
-              if q["datasets"][d].get("rerank_blend_study")}
-    if blends:
-        first = next(iter(blends.values()))
-        keys = sorted(first["settings"], key=lambda k: tuple(int(x) for x in k.split("/")))
-        kinds = [("ndcg@10", "replace")] + [(k, k.split("_")[0].replace("blend", "blend w="))
-                                           for k in first["settings"][keys[0]] if k.startswith("blend")]
-        out += ["### Rerank blended with the fused score", "",
-                "Instead of ordering the window by the rerank score alone: `w * minmax(rerank) + (1 - w) * "
-                "minmax(fused)` within the window. nDCG@10 change over the fused order.", ""]
-        rows = []
+                "nDCG@10 of the default hybrid's fused candidates with the top `depth` reranked, per passage "
+                "token cap / depth, ordered by the rerank score alone or by the blend "
+                "`w * minmax(rerank) + (1 - w) * minmax(fused)` within the window (what the gateway serves, "
+                "`QUARRY_GATEWAY_DEFAULTS__RERANK_BLEND`). `fused` is the order before reranking; the change "
+                "columns are relative to it. Cost: CPU-bound scoring of an uncached 20-passage window, "
+                "median ms.", ""]
+        header = ["setting", *names, "mean change", "worst change", *[f"{d} ms" for d in names]]
+        rows = [["fused", *[_f(studies[d]["fused_ndcg@10"], 4) for d in names], "", "",
+                 *["" for _ in names]]]
         for k in keys:
             for key, label in kinds:
-                gains = [blends[d]["settings"][k][key] - blends[d]["fused_ndcg@10"] for d in datasets if d in blends]
-                rows.append([f"{k} {label}", *[f"{g:+.4f}" for g in gains], f"{sum(gains) / len(gains):+.4f}"])
-        out += [_table(["setting", *[d for d in datasets if d in blends], "mean"], rows), ""]
+                values = [studies[d]["settings"][k][key] for d in names]
+                changes = [v / studies[d]["fused_ndcg@10"] - 1 for v, d in zip(values, names, strict=True)]
+                rows.append([f"{k} {label}", *[_f(v, 4) for v in values],
+                             f"{100 * sum(changes) / len(changes):+.1f} %", f"{100 * min(changes):+.1f} %",
+                             *[_f(studies[d]["settings"][k]["depth20_ms_p50"], 0) for d in names]])
+        out += [_table(header, rows), "", "![rerank](bench/rerank.png)", ""]
     if q.get("notes"):
         out += ["Notes: " + " ".join(q["notes"]), ""]
     return out
