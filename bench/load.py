@@ -10,6 +10,7 @@ mode, which repeats one query. The load generator shares the machine's cores wit
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
@@ -263,27 +264,47 @@ async def _load_matrix(client: QuarryClient, work: Workload, modes: Sequence[str
     return out
 
 
+#: In a work dir: the synthetic index a run grew (id, directory, chunks, next file number).
+GROWN = "synthetic.json"
+
+
 def run_speed(vocab: Vocabulary, work_dir: Path, *, sizes: Sequence[int], concurrencies: Sequence[int],
               duration: float, matrix: bool = True, peer: bool = True, scale_duration: float | None = None,
-              modes: Sequence[str] = RETRIEVE_MODES + FILE_MODES, raw_sample: int = 512) -> dict[str, Any]:
+              modes: Sequence[str] = RETRIEVE_MODES + FILE_MODES, raw_sample: int = 512,
+              reuse: bool = False) -> dict[str, Any]:
     """One synthetic index grown through ``sizes`` chunks (ingest, then p50/p99 at concurrency 1
     and RSS per process at each size); at the largest size the load matrix, then (stack
-    stopped) the in-process floor and the peer over the same index."""
+    stopped) the in-process floor and the peer over the same index.
+
+    ``reuse``: start from the index an earlier run grew in ``work_dir`` and skip the sizes it
+    already holds (to measure again, e.g. with other server settings, without re-ingesting).
+    """
     result: dict[str, Any] = {"sizes": list(sizes), "duration_s": duration, "concurrency": list(concurrencies),
                               "scale": []}
     corpus: list[tuple[str, str]] = []
     used: set[str] = set()
+    grown = work_dir / GROWN
 
     async def drive(base_url: str, stack: Any) -> None:
         async with QuarryClient(base_url, connections=max(concurrencies)) as client:
             index_id = directory = None
             have, next_file = 0, 0
+            if reuse and grown.exists():
+                saved = json.loads(grown.read_text())
+                index_id, directory, have, next_file = (saved["index_id"], saved["directory_id"], saved["chunks"],
+                                                        saved["next_file"])
+                result["reused"] = saved
+                print(f"  reusing index {index_id}: {have} chunks", flush=True)
             for size in sorted(sizes):
+                if size <= have:
+                    continue
                 step = await ingest_synthetic(client, vocab, size - have, name="synthetic", directory=directory,
                                               index_id=index_id, start=next_file)
                 corpus.extend(step.pop("_files"))
                 index_id, directory, next_file = step["index_id"], step["directory_id"], step["next_file"]
                 have += step["chunks"]
+                grown.write_text(json.dumps({"index_id": index_id, "directory_id": directory, "chunks": have,
+                                             "next_file": next_file}))
                 print(f"  +{step['chunks']} chunks ({have} in all) synced in {step['sync_seconds']:.0f} s: "
                       f"{step['chunks_per_s']:.1f} chunks/s", flush=True)
                 if "ingest" not in result:  # the first (from-empty) sync is the ingest figure

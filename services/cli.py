@@ -294,7 +294,7 @@ def bench_quality(
 
 
 def _speed(name: str, sizes: list[int], concurrency: str, duration: float, scale_duration: float | None,
-           matrix: bool, peer: bool, work_dir: Path | None, results: Path | None) -> None:
+           matrix: bool, peer: bool, work_dir: Path | None, results: Path | None, reuse: bool = False) -> None:
     from bench import corpus, load
 
     if peer and matrix:
@@ -303,7 +303,7 @@ def _speed(name: str, sizes: list[int], concurrency: str, duration: float, scale
     vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
     _bench(name, work_dir, results, lambda folder: load.run_speed(
         vocab, folder, sizes=sizes, concurrencies=_ints(concurrency), duration=duration,
-        scale_duration=scale_duration, matrix=matrix, peer=peer))
+        scale_duration=scale_duration, matrix=matrix, peer=peer, reuse=reuse))
 
 
 Duration = Annotated[float, typer.Option("--duration", min=1, max=600, help="Seconds per measurement")]
@@ -316,11 +316,14 @@ def bench_load(
     duration: Duration = 30,
     scale_duration: Annotated[float | None, typer.Option("--scale-duration", min=1, max=600)] = None,
     peer: Annotated[bool, typer.Option(help="LlamaIndex peer on the same chunks")] = True,
+    reuse: Annotated[bool, typer.Option(help="Start from the index an earlier run grew in --work-dir")] = False,
     work_dir: WorkDir = None,
     results: Results = None,
 ) -> None:
     """Synthetic corpus grown through --sizes; load matrix at the largest, floor and peer (bench/results/speed.json)."""
-    _speed("speed", _ints(sizes), concurrency, duration, scale_duration, True, peer, work_dir, results)
+    if reuse and work_dir is None:
+        raise typer.BadParameter("--reuse needs the --work-dir of an earlier run")
+    _speed("speed", _ints(sizes), concurrency, duration, scale_duration, True, peer, work_dir, results, reuse)
 
 
 @bench_app.command("scale")

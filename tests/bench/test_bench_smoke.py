@@ -103,6 +103,11 @@ def test_every_mode_runs_end_to_end(tmp_path: Path) -> None:
     assert speed["raw_embedding"]["chunks_per_s"] > 0 and speed["ingest"]["chunks"] >= 5
     if HAS_PEER:
         assert set(speed["peer"]["load"]) == {"1"}
+    # Measured again on the same index, nothing ingested.
+    again = load.run_speed(vocab, tmp_path / "speed", sizes=[15], concurrencies=[1], duration=1, peer=False,
+                           modes=("retrieve",), reuse=True)
+    assert again["reused"]["chunks"] == speed["chunks"] and again["scale"] == [] and "ingest" not in again
+    assert again["index_id"] == speed["index_id"] and again["quarry"]["retrieve"]["1"]["requests"] > 0
 
     results = tmp_path / "results"
     results.mkdir()
