@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.common.models import load_encoder
+from services.common.models import load_encoder, onnx_session, packaged_paths
 from services.dense.embedding import OnnxEmbedder
 
 TEXTS = [
@@ -64,3 +64,10 @@ def test_similar_texts_are_closer(embedder: OnnxEmbedder) -> None:
 
 def test_query_and_passage_embed_alike(embedder: OnnxEmbedder) -> None:
     np.testing.assert_allclose(embedder.embed(TEXTS[:1], is_query=True), embedder.embed(TEXTS[:1]), atol=1e-6)
+
+
+@pytest.mark.parametrize(("spin", "expected"), [(False, "0"), (True, "1")])
+def test_model_sessions_do_not_spin_unless_asked(spin: bool, expected: str) -> None:
+    model, _ = packaged_paths()
+    options = onnx_session(model, spin=spin).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
