@@ -71,6 +71,7 @@ def bootstrap(settings: DenseSettings, *, embedder: Embedder | None = None,
         embedder = OnnxEmbedder.load(
             settings.model_dir,
             batch_size=settings.embed_batch_size,
+            batch_tokens=settings.embed_batch_tokens,
             max_tokens=settings.max_tokens,
             threads=settings.model_threads,
         )

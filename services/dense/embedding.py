@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
+from services.common.models import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
 
 
 class OnnxEmbedder:
@@ -30,11 +30,13 @@ class OnnxEmbedder:
         model_dir: str | None = None,
         *,
         batch_size: int = 32,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
         max_tokens: int = DEFAULT_MAX_TOKENS,
         threads: int = 0,
     ) -> OnnxEmbedder:
         """The packaged model, or ``model_dir/{model.onnx,tokenizer.json}`` when given."""
-        return cls(load_encoder(model_dir, max_tokens=max_tokens, batch_size=batch_size, threads=threads))
+        return cls(load_encoder(model_dir, max_tokens=max_tokens, batch_size=batch_size, batch_tokens=batch_tokens,
+                                threads=threads))
 
     @property
     def model_name(self) -> str:

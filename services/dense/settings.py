@@ -50,6 +50,9 @@ class DenseSettings(ServiceSettings):
     model_dir: str | None = Field(default=None, description="model.onnx + tokenizer.json; default packaged")
     max_tokens: int = Field(default=256, ge=8, le=8192)
     embed_batch_size: int = Field(default=32, ge=1, le=1024, description="texts per model call")
+    embed_batch_tokens: int = Field(
+        default=1024, ge=1, description="padded tokens per model call (sorted by length; a longer text runs alone)"
+    )
     upsert_batch_size: int = Field(default=256, ge=1, description="chunks embedded then written at once")
     model_threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads (0 = auto)")
     hnsw_m: int = Field(default=16, ge=2)

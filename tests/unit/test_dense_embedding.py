@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.common.models import load_encoder, onnx_session, packaged_paths
+from services.common.models import load_encoder, onnx_session, packaged_paths, token_budget_batches
 from services.dense.embedding import OnnxEmbedder
 
 TEXTS = [
@@ -71,3 +71,22 @@ def test_model_sessions_do_not_spin_unless_asked(spin: bool, expected: str) -> N
     model, _ = packaged_paths()
     options = onnx_session(model, spin=spin).get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+
+
+def test_token_budget_batches_sort_by_length_and_bound_rows_and_padded_tokens() -> None:
+    lengths = [30, 5, 200, 10, 12, 300]
+    runs = token_budget_batches(lengths, batch_size=3, batch_tokens=64)
+    assert sorted(i for run in runs for i in run) == list(range(len(lengths)))
+    ordered = [lengths[i] for run in runs for i in run]
+    assert ordered == sorted(lengths)
+    for run in runs:
+        longest = max(lengths[i] for i in run)
+        assert len(run) <= 3
+        assert len(run) == 1 or len(run) * longest <= 64  # a text over the budget runs alone
+    assert runs == [[1, 3, 4], [0], [2], [5]]
+
+
+def test_a_token_budget_changes_the_runs_not_the_vectors() -> None:
+    roomy, tight = load_encoder(batch_tokens=100_000), load_encoder(batch_tokens=16)
+    assert len(tight._batches(TEXTS)) > len(roomy._batches(TEXTS)) == 1
+    np.testing.assert_allclose(tight.pooled(TEXTS), roomy.pooled(TEXTS), atol=1e-5)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
+from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder, token_budget_batches
 from services.rerank.adapters._runner import LocalModelReranker, check_deadline
 
 Vectors = npt.NDArray[np.float16]
@@ -148,22 +148,10 @@ class LateInteractionReranker(LocalModelReranker):
         return [found[k] for k in keys]
 
     def _batches(self, items: list[tuple[bytes, str]]) -> list[list[tuple[bytes, str]]]:
-        """``items`` by token count, cut into batches of at most ``batch_size`` rows and
-        ``batch_tokens`` padded tokens (a single longer text still gets a batch of its own)."""
+        """``items`` in runs of at most ``batch_size`` rows and ``batch_tokens`` padded tokens."""
         lengths = [len(e.ids) for e in self._encoder.encode([text for _, text in items])]
-        order = sorted(range(len(items)), key=lambda i: lengths[i])
-        batches: list[list[tuple[bytes, str]]] = []
-        current: list[tuple[bytes, str]] = []
-        for i in order:
-            # Sorted ascending, so the newest row is the longest: padded size = rows x its length.
-            if current and (len(current) >= self._encoder.batch_size
-                            or (len(current) + 1) * lengths[i] > self._batch_tokens):
-                batches.append(current)
-                current = []
-            current.append(items[i])
-        if current:
-            batches.append(current)
-        return batches
+        runs = token_budget_batches(lengths, self._encoder.batch_size, self._batch_tokens)
+        return [[items[i] for i in run] for run in runs]
 
     def _score(self, query: str, passages: Sequence[str], deadline: float | None) -> list[float]:
         query_vecs, *passage_vecs = self._vectors([query, *passages], deadline)
