@@ -215,9 +215,10 @@ def peer_quality(data_dir: Path, ds: Dataset, index_id: str, max_queries: int | 
 
 def run(datasets: Sequence[Dataset], work_dir: Path, *, smoke: bool = False, max_queries: int | None = None,
         study: bool = True, peer: bool = True, token_caps: Sequence[int] = (128,),
-        depths: Sequence[int] = (10, 20), batch_size: int = 32) -> dict[str, Any]:
-    """The whole quality benchmark; returns the JSON-ready result."""
-    configs = SMOKE_CONFIGS if smoke else tuple(CONFIGS)
+        depths: Sequence[int] = (10, 20), batch_size: int = 32,
+        configs: Sequence[str] | None = None) -> dict[str, Any]:
+    """The whole quality benchmark (or the named ``configs``); returns the JSON-ready result."""
+    configs = tuple(configs) if configs else SMOKE_CONFIGS if smoke else tuple(CONFIGS)
     result: dict[str, Any] = {"configs": list(configs), "datasets": {}}
     candidates: dict[str, dict[str, list[dict[str, Any]]]] = {}
 

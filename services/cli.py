@@ -277,11 +277,17 @@ def bench_quality(
     study: Annotated[bool, typer.Option(help="Rerank study (token caps x depths) in process")] = True,
     peer: Annotated[bool, typer.Option(help="LlamaIndex peer on the same chunks")] = True,
     smoke: Annotated[bool, typer.Option(help="Only the headline configurations")] = False,
+    configs: Annotated[list[str] | None, typer.Option("--config", help="Only these configurations (repeat)")] = None,
     work_dir: WorkDir = None,
     results: Results = None,
 ) -> None:
     """nDCG@10 and recall@100 per dataset and configuration (BEIR folders), through the HTTP API."""
     from bench import corpus, quality
+
+    unknown = sorted(set(configs or ()) - set(quality.CONFIGS))
+    if unknown:
+        raise typer.BadParameter(f"unknown configuration(s) {unknown}; known: {sorted(quality.CONFIGS)}",
+                                 param_hint="--config")
 
     if peer:
         _needs_extra("llama_index.core", "llama_index.retrievers.bm25", "llama_index.vector_stores.qdrant",
@@ -290,7 +296,7 @@ def bench_quality(
     if not found:
         raise typer.BadParameter("no BEIR datasets found (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
     _bench("quality", work_dir, results, lambda folder: quality.run(
-        found, folder, smoke=smoke, max_queries=max_queries, study=study, peer=peer))
+        found, folder, smoke=smoke, max_queries=max_queries, study=study, peer=peer, configs=configs))
 
 
 def _speed(name: str, sizes: list[int], concurrency: str, duration: float, scale_duration: float | None,

@@ -136,3 +136,5 @@ def test_cli_lists_the_modes_and_names_a_bad_option() -> None:
         assert mode in listed.output
     bad = runner.invoke(app, ["bench", "load", "--sizes", "10,x", "--no-peer"])
     assert bad.exit_code != 0 and "10,x" in bad.output
+    unknown = runner.invoke(app, ["bench", "quality", "--no-peer", "--config", "hybrid magic"])
+    assert unknown.exit_code != 0 and "hybrid magic" in unknown.output
