@@ -253,6 +253,19 @@ def quality_section(q: dict[str, Any]) -> list[str]:
     return out
 
 
+def adopted_section(a: dict[str, Any]) -> list[str]:
+    """The defaults as adopted after the study, measured end to end (``after-defaults/quality.json``)."""
+    datasets = list(a["datasets"])
+    configs = [c for c in a["configs"] if all(c in a["datasets"][d]["configs"] for d in datasets)]
+    rows = [[c, *[_f(a["datasets"][d]["configs"][c]["ndcg@10"], 4) for d in datasets]] for c in configs]
+    if "hybrid dbsf 0.5/0.5" in configs and "defaults + rerank" in configs:
+        changes = [a["datasets"][d]["configs"]["defaults + rerank"]["ndcg@10"]
+                   / a["datasets"][d]["configs"]["hybrid dbsf 0.5/0.5"]["ndcg@10"] - 1 for d in datasets]
+        rows.append(["change from the reranker", *[f"{100 * c:+.1f} %" for c in changes]])
+    return ["### The adopted defaults, end to end", "", _meta_line(a["meta"]), "",
+            _table(["nDCG@10", *datasets], rows), ""]
+
+
 def speed_section(s: dict[str, Any]) -> list[str]:
     out = ["## Speed", "", _meta_line(s["meta"]), ""]
     if "quarry" in s:
@@ -345,6 +358,9 @@ def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> s
         if any(d.get("rerank_study") for d in quality["datasets"].values()):
             plot_rerank(quality, plots / "rerank.png")
         lines += quality_section(quality)
+    adopted = load("quality", results / "after-defaults")
+    if adopted:
+        lines += adopted_section(adopted)
     rerank = load("rerank", results)
     if rerank:
         lines += rerank_cost_section(rerank)

@@ -117,9 +117,12 @@ def test_every_mode_runs_end_to_end(tmp_path: Path) -> None:
         text = json.dumps({**value, "meta": meta})
         assert finite_numbers(json.loads(text))
         (results / f"{name}.json").write_text(text)
+    (results / "after-defaults").mkdir()
+    (results / "after-defaults" / "quality.json").write_text(json.dumps({**q, "meta": meta}))
     if HAS_PLOTS:
         page = report.render(results, tmp_path / "benchmarks.md", tmp_path / "plots")
         assert "## Quality" in page and "## Speed" in page and "tiny nDCG@10" in page
+        assert "### The adopted defaults, end to end" in page and "change from the reranker" in page
         assert {p.name for p in (tmp_path / "plots").glob("*.png")} >= {"quality.png", "concurrency.png",
                                                                         "stages.png", "scale.png"}
 
