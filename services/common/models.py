@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
@@ -147,10 +147,17 @@ class EncoderModel:
             result[idx] = vectors
         return result
 
-    def token_vectors(self, texts: Sequence[str]) -> list[npt.NDArray[np.float32]]:
-        """For each text, the L2-normalised vectors of its content tokens ([CLS]/[SEP] dropped)."""
+    def token_vectors(
+        self, texts: Sequence[str], before_run: Callable[[], None] | None = None
+    ) -> list[npt.NDArray[np.float32]]:
+        """For each text, the L2-normalised vectors of its content tokens ([CLS]/[SEP] dropped).
+
+        ``before_run`` is called before each model run (a caller's deadline check raises there).
+        """
         result: list[npt.NDArray[np.float32]] = [np.zeros((0, self.dim), np.float32)] * len(texts)
         for idx, encs in self._batches(texts):
+            if before_run is not None:
+                before_run()
             with self._lock:
                 hidden, _ = self._run(encs)
             for row, (i, enc) in enumerate(zip(idx, encs, strict=True)):

@@ -90,3 +90,16 @@ def test_a_token_budget_changes_the_runs_not_the_vectors() -> None:
     roomy, tight = load_encoder(batch_tokens=100_000), load_encoder(batch_tokens=16)
     assert len(tight._batches(TEXTS)) > len(roomy._batches(TEXTS)) == 1
     np.testing.assert_allclose(tight.pooled(TEXTS), roomy.pooled(TEXTS), atol=1e-5)
+
+
+def test_before_run_is_called_before_every_model_run_and_can_stop_the_work() -> None:
+    encoder = load_encoder(batch_tokens=16)
+    calls: list[int] = []
+    encoder.token_vectors(TEXTS, before_run=lambda: calls.append(1))
+    assert len(calls) == len(encoder._batches(TEXTS)) > 1
+
+    def expired() -> None:
+        raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        encoder.token_vectors(TEXTS, before_run=expired)

@@ -62,16 +62,15 @@ async def test_token_budget_bounds_each_model_run_without_changing_scores() -> N
     tight = LateInteractionReranker.load(batch_tokens=64, cache_size=0)
     loose = LateInteractionReranker.load(batch_tokens=1_000_000, cache_size=0)
     try:
-        items = [(text_key(p), p) for p in passages]
-        batches = tight._batches(items)
+        batches = [[passages[i] for i in idx] for idx, _ in tight._encoder._batches(passages)]
         lengths = {p: len(e.ids) for p, e in zip(passages, tight._encoder.encode(passages), strict=True)}
-        assert sorted(p for b in batches for _, p in b) == sorted(passages)  # each text once
+        assert sorted(p for b in batches for p in b) == sorted(passages)  # each text once
         for batch in batches:
-            widest = max(lengths[p] for _, p in batch)
+            widest = max(lengths[p] for p in batch)
             assert len(batch) == 1 or len(batch) * widest <= 64  # a lone long text still runs
-        order = [lengths[p] for b in batches for _, p in b]
+        order = [lengths[p] for b in batches for p in b]
         assert order == sorted(order)  # shortest first, so padding stays small
-        assert len(loose._batches(items)) == 1
+        assert len(loose._encoder._batches(passages)) == 1
         np.testing.assert_allclose(await tight.score(QUERY, passages), await loose.score(QUERY, passages), atol=2e-3)
     finally:
         await tight.close()

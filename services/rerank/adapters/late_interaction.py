@@ -9,8 +9,8 @@ Passage token vectors are cached (LRU keyed by a hash of the text, float16 to ha
 candidates seen again in later requests cost only the matrix product.
 
 Cost: the encoder dominates (onnxruntime runs the transformer over every uncached passage).
-Texts are batched by token count, shortest first, and a batch is closed once its padded size
-(rows x longest row) would pass ``batch_tokens``: on 2 cores, 20 passages of up to 256 tokens
+The encoder runs texts by token count, shortest first, and closes a run once its padded size
+(rows x longest row) would pass ``batch_tokens`` (``token_budget_batches``): on 2 cores, 20 passages of up to 256 tokens
 took about 1.4 s of CPU in one 32-row batch and 0.9 s in batches of at most 512 padded tokens
 (`quarry bench rerank`); attention cost grows with the square of the padded width.
 """
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder, token_budget_batches
+from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
 from services.rerank.adapters._runner import LocalModelReranker, check_deadline
 
 Vectors = npt.NDArray[np.float16]
@@ -98,11 +98,9 @@ class LateInteractionReranker(LocalModelReranker):
         *,
         cache_size: int = 4096,
         cache_mb: int = 256,
-        batch_tokens: int = 512,
     ) -> None:
         super().__init__("late-interaction")
         self._encoder = encoder
-        self._batch_tokens = batch_tokens
         self.cache = TokenVectorCache(cache_size, cache_mb * 1024 * 1024)
 
     @classmethod
@@ -117,9 +115,11 @@ class LateInteractionReranker(LocalModelReranker):
         cache_mb: int = 256,
         batch_tokens: int = 512,
     ) -> LateInteractionReranker:
-        """The packaged MiniLM (or ``model_dir``), passages truncated to ``max_tokens`` tokens."""
-        encoder = load_encoder(model_dir, max_tokens=max_tokens, batch_size=batch_size, threads=threads)
-        return cls(encoder, cache_size=cache_size, cache_mb=cache_mb, batch_tokens=batch_tokens)
+        """The packaged MiniLM (or ``model_dir``), passages truncated to ``max_tokens`` tokens and
+        encoded in runs of at most ``batch_tokens`` padded tokens."""
+        encoder = load_encoder(model_dir, max_tokens=max_tokens, batch_size=batch_size, batch_tokens=batch_tokens,
+                               threads=threads)
+        return cls(encoder, cache_size=cache_size, cache_mb=cache_mb)
 
     @property
     def model_name(self) -> str:
@@ -138,20 +138,13 @@ class LateInteractionReranker(LocalModelReranker):
                 missing[key] = text
             else:
                 found[key] = cached
-        for batch in self._batches(list(missing.items())):
-            check_deadline(deadline)
-            vectors = self._encoder.token_vectors([text for _, text in batch])
-            for (key, _), vecs in zip(batch, vectors, strict=True):
-                half = vecs.astype(np.float16)
-                self.cache.put(key, half)
-                found[key] = half
+        # The encoder runs them by length in token-budget runs; the deadline is checked before each.
+        computed = self._encoder.token_vectors(list(missing.values()), before_run=lambda: check_deadline(deadline))
+        for key, vecs in zip(missing, computed, strict=True):
+            half = vecs.astype(np.float16)
+            self.cache.put(key, half)
+            found[key] = half
         return [found[k] for k in keys]
-
-    def _batches(self, items: list[tuple[bytes, str]]) -> list[list[tuple[bytes, str]]]:
-        """``items`` in runs of at most ``batch_size`` rows and ``batch_tokens`` padded tokens."""
-        lengths = [len(e.ids) for e in self._encoder.encode([text for _, text in items])]
-        runs = token_budget_batches(lengths, self._encoder.batch_size, self._batch_tokens)
-        return [[items[i] for i in run] for run in runs]
 
     def _score(self, query: str, passages: Sequence[str], deadline: float | None) -> list[float]:
         query_vecs, *passage_vecs = self._vectors([query, *passages], deadline)
