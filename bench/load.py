@@ -190,20 +190,24 @@ class Floor:
         self.reranker = build_reranker(RerankSettings())
         self.index_id = index_id
 
-    async def query(self, text: str, rerank: bool, candidates: int = 100, top_k: int = 10,
-                    depth: int = 20) -> list[str]:
+    async def query(self, text: str, rerank: bool) -> list[str]:
+        """The gateway's default plan (candidates, weights, fusion, rerank depth and blend)."""
         from gateway.fusion import fuse
+        from gateway.retrieval import blend
+        from gateway.settings import RetrievalDefaults
 
+        d = RetrievalDefaults()
         vector = (await asyncio.to_thread(self.encoder.pooled, [text]))[0]
         dense, sparse = await asyncio.gather(
-            self.vectors.search(self.index_id, vector, candidates, None),
-            self.keywords.search(self.index_id, text, candidates, None))
-        fused = fuse(dense, sparse, dense_weight=0.5, sparse_weight=0.5)
+            self.vectors.search(self.index_id, vector, d.num_candidates, None),
+            self.keywords.search(self.index_id, text, d.num_candidates, None))
+        fused = fuse(dense, sparse, dense_weight=d.dense_weight, sparse_weight=d.sparse_weight, method=d.fusion)
         if rerank and fused:
-            window = fused[: max(depth, top_k)]
+            window = fused[: max(d.rerank_depth, d.top_k)]
             scores = await self.reranker.score(text, [f.chunk.content for f in window])
-            fused = [f for _, f in sorted(zip(scores, window, strict=True), key=lambda p: -p[0])]
-        return [f.chunk.id for f in fused[:top_k]]
+            mixed = blend(scores, [f.score for f in window], d.rerank_blend)
+            fused = [f for _, f in sorted(zip(mixed, window, strict=True), key=lambda p: -p[0])]
+        return [f.chunk.id for f in fused[: d.top_k]]
 
     async def close(self) -> None:
         await self.vectors.close()

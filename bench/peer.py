@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from services.common.models import EncoderModel, load_encoder
 
 SHARD_MARKER = "quarry.json"  # written by services.dense.adapters.qdrant_edge
@@ -123,7 +121,3 @@ class PeerRetriever:
 
     def close(self) -> None:
         self.client.close()
-
-
-def vectors_of(chunks: Sequence[StoredChunk]) -> np.ndarray:
-    return np.asarray([c.vector for c in chunks], dtype=np.float32)

@@ -26,6 +26,7 @@ from typing import Any
 from bench.api import QuarryClient, running_stack
 from bench.corpus import Dataset
 from bench.metrics import dedupe, evaluate, percentiles
+from gateway.retrieval import blend
 from services.launcher import Stack
 
 NO_RERANK = {"rerank": {"enabled": False}}
@@ -146,11 +147,6 @@ async def evaluate_dataset(client: QuarryClient, ds: Dataset, index_id: str, con
 BLENDS = (0.1, 0.2, 0.3, 0.5, 0.7)
 
 
-def _minmax(values: Sequence[float]) -> list[float]:
-    lo, hi = min(values, default=0.0), max(values, default=0.0)
-    return [1.0 if hi - lo <= 1e-12 else (v - lo) / (hi - lo) for v in values]
-
-
 def rerank_study(ds: Dataset, candidates: Mapping[str, list[dict[str, Any]]], *,
                  token_caps: Sequence[int], depths: Sequence[int], batch_size: int,
                  timing_queries: int = 40) -> dict[str, Any]:
@@ -180,11 +176,12 @@ def rerank_study(ds: Dataset, candidates: Mapping[str, list[dict[str, Any]]], *,
                 tail = [doc_of(r) for r in results[depth:]]
                 order = sorted(range(len(window)), key=lambda i: -scores[i])
                 runs[qid] = dedupe([doc_of(window[i]) for i in order] + tail)
-                # Blend: min-max normalised fused and rerank scores in the window, mixed with weight w.
-                fused, rr = _minmax([r["score"] for r in window]), _minmax(scores)
+                # The gateway's blend of the window's rerank and fused scores, at each weight.
+                fused = [r["score"] for r in window]
                 for w in BLENDS:
-                    mixed = sorted(range(len(window)), key=lambda i: -(w * rr[i] + (1 - w) * fused[i]))
-                    blends[w][qid] = dedupe([doc_of(window[i]) for i in mixed] + tail)
+                    mixed = blend(scores, fused, w)
+                    order_w = sorted(range(len(window)), key=lambda i: -mixed[i])
+                    blends[w][qid] = dedupe([doc_of(window[i]) for i in order_w] + tail)
             ndcg = evaluate(runs, qrels)["ndcg@10"]
             out["settings"][f"{cap}/{depth}"] = {
                 "max_tokens": cap, "depth": depth, "ndcg@10": ndcg,

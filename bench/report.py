@@ -288,9 +288,9 @@ def speed_section(s: dict[str, Any]) -> list[str]:
                  _f(r1.get("p50", 0) / max(floor["retrieve+rerank"].get("p50", 1e-9), 1e-9), 2)]]
         out += ["### Quarry vs the in-process floor (concurrency 1)", "",
                 "Floor: the same query's work in one process with no network (embed with the packaged MiniLM, "
-                "embedded Qdrant search, tantivy BM25, relative-score fusion; plus the late-interaction "
-                "reranker over the same window for the rerank row), on the same index files, measured in "
-                "the same run right after the stack stopped.", "",
+                "embedded Qdrant search, tantivy BM25, the gateway's default fusion; plus the late-interaction "
+                "reranker over the same window, blended as the gateway does, for the rerank row), on the same "
+                "index files, measured in the same run right after the stack stopped.", "",
                 _table(["request", "Quarry p50 ms", "floor p50 ms", "Quarry / floor"], rows), "",
                 "![stages](bench/stages.png)", ""]
     peer = s.get("peer")

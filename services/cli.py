@@ -226,6 +226,10 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+#: What the LlamaIndex peer imports (the `bench` extra).
+PEER_MODULES = ("llama_index.core", "llama_index.retrievers.bm25", "llama_index.vector_stores.qdrant")
+
+
 def _needs_extra(*modules: str, hint: str = "") -> None:
     """Fail before any work when the `bench` extra is missing (the peer and the plots need it)."""
     import importlib.util
@@ -290,8 +294,7 @@ def bench_quality(
                                  param_hint="--config")
 
     if peer:
-        _needs_extra("llama_index.core", "llama_index.retrievers.bm25", "llama_index.vector_stores.qdrant",
-                     hint=" (or pass --no-peer)")
+        _needs_extra(*PEER_MODULES, hint=" (or pass --no-peer)")
     found = corpus.find_datasets(root or corpus.DEFAULT_DATASETS, datasets or [])
     if not found:
         raise typer.BadParameter("no BEIR datasets found (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
@@ -304,8 +307,7 @@ def _speed(name: str, sizes: list[int], concurrency: str, duration: float, scale
     from bench import corpus, load
 
     if peer and matrix:
-        _needs_extra("llama_index.core", "llama_index.retrievers.bm25", "llama_index.vector_stores.qdrant",
-                     hint=" (or pass --no-peer)")
+        _needs_extra(*PEER_MODULES, hint=" (or pass --no-peer)")
     vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
     _bench(name, work_dir, results, lambda folder: load.run_speed(
         vocab, folder, sizes=sizes, concurrencies=_ints(concurrency), duration=duration,

@@ -109,10 +109,6 @@ def _pipeline_file(index_id: str, f: files_pb2.DirectoryFile, status: str | None
 # ---- pipelines ---------------------------------------------------------------------------------
 
 
-async def _get_index(request: Request, project: files_pb2.Project, pipeline_id: str) -> files_pb2.Index:
-    return await resolve_index(request, project, pipeline_id)
-
-
 async def _sync(request: Request, project: files_pb2.Project, index_id: str) -> files_pb2.Job:
     job: files_pb2.Job = await files_of(request).StartSync(
         files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
@@ -135,7 +131,7 @@ async def _upsert(request: Request, project: files_pb2.Project, body: lm.Pipelin
         # A new pipeline has nothing to ingest: a first (empty) sync makes its status SUCCESS, not
         # NOT_STARTED, so a client that waits on it right away does not wait forever.
         await _sync(request, project, index.id)
-        index = await _get_index(request, project, index.id)
+        index = await resolve_index(request, project, index.id)
     return index
 
 
@@ -190,20 +186,20 @@ async def list_pipelines(
 
 @router.get("/pipelines/{pipeline_id}", response_model=lm.Pipeline)
 async def get_pipeline(pipeline_id: str, request: Request, project: Project) -> lm.Pipeline:
-    return pipeline(await _get_index(request, project, pipeline_id))
+    return pipeline(await resolve_index(request, project, pipeline_id))
 
 
 @router.get("/pipelines/{pipeline_id}/status", response_model=lm.IngestionStatusResponse,
             response_model_exclude_none=True)
 async def get_pipeline_status(pipeline_id: str, request: Request, project: Project) -> lm.IngestionStatusResponse:
-    return pipeline_status(await _get_index(request, project, pipeline_id))
+    return pipeline_status(await resolve_index(request, project, pipeline_id))
 
 
 @router.post("/pipelines/{pipeline_id}/sync", response_model=lm.Pipeline)
 async def sync_pipeline(pipeline_id: str, request: Request, project: Project) -> lm.Pipeline:
     """Start a sync (one asked for while another runs is queued behind it)."""
     await _sync(request, project, pipeline_id)
-    return pipeline(await _get_index(request, project, pipeline_id))
+    return pipeline(await resolve_index(request, project, pipeline_id))
 
 
 @router.post("/pipelines/{pipeline_id}/sync/cancel", response_model=lm.Pipeline)
@@ -212,7 +208,7 @@ async def cancel_pipeline_sync(pipeline_id: str, request: Request, project: Proj
     await files_of(request).CancelSync(
         files_pb2.CancelSyncRequest(project_id=project.id, index_id=pipeline_id), timeout=catalog_timeout(request)
     )
-    return pipeline(await _get_index(request, project, pipeline_id))
+    return pipeline(await resolve_index(request, project, pipeline_id))
 
 
 @router.put("/pipelines/{pipeline_id}", response_model=lm.Pipeline)
@@ -220,7 +216,7 @@ async def update_pipeline(
     pipeline_id: str, body: lm.PipelineUpdate, request: Request, project: Project
 ) -> Response | lm.Pipeline:
     """Update a pipeline's settings by id (fields left out keep their values; renaming is refused)."""
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     if index.kind != "pipeline":
         return error_response(409, "this index is not a pipeline; manage it with /api/v1/indexes")
     if body.name is not None and body.name != index.name:
@@ -255,7 +251,7 @@ async def _put_documents(
 ) -> Response | list[lm.CloudDocument]:
     if len(docs) > _MAX_DOCUMENTS:
         return field_error(("body",), f"at most {_MAX_DOCUMENTS} documents per request")
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     limit = settings_of(request).max_upload_bytes
     prepared = []
     for i, doc in enumerate(docs):
@@ -344,7 +340,7 @@ async def list_documents(
     pipeline_id: str, request: Request, project: Project,
     skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> lm.DocumentPage:
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     items, total = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, True)
     return lm.DocumentPage(documents=[_document(f) for f in items], total_count=total, offset=skip or 0)
 
@@ -354,14 +350,14 @@ async def list_documents_plain(
     pipeline_id: str, request: Request, project: Project,
     skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> list[lm.CloudDocument]:
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     items, _ = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, True)
     return [_document(f) for f in items]
 
 
 @router.get("/pipelines/{pipeline_id}/documents/{document_id}", response_model=lm.CloudDocument)
 async def get_document(pipeline_id: str, document_id: str, request: Request, project: Project) -> lm.CloudDocument:
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     f = await files_of(request).GetDirectoryFile(
         files_pb2.GetDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
                                           unique_id=_doc_id(document_id), include_content=True),
@@ -384,7 +380,7 @@ async def _source_status(
 
 async def _remove_source(request: Request, project: files_pb2.Project, pipeline_id: str, unique_id: str) -> Response:
     """Remove a document or file from the pipeline and start the sync that removes its chunks."""
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     await files_of(request).DeleteDirectoryFile(
         files_pb2.DeleteDirectoryFileRequest(project_id=project.id, directory_id=index.source_directory_id,
                                              unique_id=unique_id),
@@ -488,7 +484,7 @@ async def add_pipeline_files(
     pipeline_id: str, body: list[lm.PipelineFileCreate], request: Request, project: Project
 ) -> Response | list[lm.PipelineFile]:
     """Add uploaded files (``POST /beta/files`` ids) to the pipeline and start a sync."""
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     directory = await _files_directory(request, project)
     added = []
     for i, item in enumerate(body):
@@ -517,7 +513,7 @@ async def list_pipeline_files(
     pipeline_id: str, request: Request, project: Project,
     skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> list[lm.PipelineFile]:
-    index = await _get_index(request, project, pipeline_id)
+    index = await resolve_index(request, project, pipeline_id)
     items, _ = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, False)
     return [_pipeline_file(index.id, f) for f in items]
 
