@@ -210,6 +210,28 @@ def peer_quality(data_dir: Path, ds: Dataset, index_id: str, max_queries: int | 
     return evaluate(runs, {q: ds.qrels[q] for q in queries})
 
 
+Candidates = dict[str, list[dict[str, Any]]]
+
+
+async def measure_datasets(stack: Stack, datasets: Sequence[Dataset], configs: Sequence[str],
+                           max_queries: int | None) -> tuple[dict[str, Any], dict[str, Candidates]]:
+    """Every configuration on every dataset's index (ingested first unless the stack has it);
+    returns the results per dataset and the default hybrid's candidates per dataset."""
+    results: dict[str, Any] = {}
+    candidates: dict[str, Candidates] = {}
+    async with QuarryClient(stack.base_url) as client:
+        # One index per dataset, synced concurrently: one more ingest worker per missing index.
+        found = [await client.index_by_name(f"beir-{ds.name}") for ds in datasets]
+        missing = sum(1 for f in found if not f or f.get("sync_status") != "succeeded")
+        for _ in range(missing - 1):
+            await asyncio.to_thread(stack.start_ingest)
+        ingested = await asyncio.gather(*(ensure_index(client, ds) for ds in datasets))
+        for ds, (index_id, ingest) in zip(datasets, ingested, strict=True):
+            results[ds.name], candidates[ds.name] = await evaluate_dataset(client, ds, index_id, configs, max_queries)
+            results[ds.name]["ingest"] = ingest
+    return results, candidates
+
+
 def run(datasets: Sequence[Dataset], work_dir: Path, *, smoke: bool = False, max_queries: int | None = None,
         study: bool = True, peer: bool = True, token_caps: Sequence[int] = (128,),
         depths: Sequence[int] = (10, 20), batch_size: int = 32,
@@ -219,21 +241,12 @@ def run(datasets: Sequence[Dataset], work_dir: Path, *, smoke: bool = False, max
     result: dict[str, Any] = {"configs": list(configs), "datasets": {}}
     candidates: dict[str, dict[str, list[dict[str, Any]]]] = {}
 
-    async def drive(base_url: str, stack: Stack) -> None:
-        async with QuarryClient(base_url) as client:
-            # One index per dataset, synced concurrently: one more ingest worker per missing index.
-            found = [await client.index_by_name(f"beir-{ds.name}") for ds in datasets]
-            missing = sum(1 for f in found if not f or f.get("sync_status") != "succeeded")
-            for _ in range(missing - 1):
-                await asyncio.to_thread(stack.start_ingest)
-            ingested = await asyncio.gather(*(ensure_index(client, ds) for ds in datasets))
-            for ds, (index_id, ingest) in zip(datasets, ingested, strict=True):
-                result["datasets"][ds.name], candidates[ds.name] = await evaluate_dataset(
-                    client, ds, index_id, configs, max_queries)
-                result["datasets"][ds.name]["ingest"] = ingest
+    async def drive(stack: Stack) -> None:
+        result["datasets"], found = await measure_datasets(stack, datasets, configs, max_queries)
+        candidates.update(found)
 
     with running_stack(work_dir) as stack:
-        asyncio.run(drive(stack.base_url, stack))
+        asyncio.run(drive(stack))
     for ds in datasets:
         entry = result["datasets"][ds.name]
         if study and candidates[ds.name]:

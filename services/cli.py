@@ -368,6 +368,32 @@ def bench_rerank(
     _bench("rerank", None, results, lambda _: rerank_cost.run(found, windows=windows))
 
 
+@bench_app.command("engines")
+def bench_engines(
+    opensearch: Annotated[str, typer.Option("--opensearch", help="OpenSearch URL for the cluster stack's sparse leg")],
+    postgres: Annotated[str | None, typer.Option("--postgres", help="PostgreSQL URL for its catalog")] = None,
+    redis: Annotated[str | None, typer.Option("--redis", help="Redis URL for its cache")] = None,
+    datasets: Annotated[list[str] | None, typer.Option("--dataset", help="Under --datasets-root, or a path")] = None,
+    root: Annotated[Path | None, typer.Option("--datasets-root", help="Folder of BEIR datasets")] = None,
+    max_queries: Annotated[int | None, typer.Option("--max-queries", min=1)] = None,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """The cluster engines beside the embedded stack in one run (bench/results/engines.json)."""
+    from bench import corpus, engines
+
+    found = corpus.find_datasets(root or corpus.DEFAULT_DATASETS, datasets or [])
+    if not found:
+        raise typer.BadParameter("no BEIR datasets found (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    cluster = engines.ClusterEngines(opensearch, postgres, redis)
+
+    def run(folder: Path) -> dict[str, Any]:
+        return {"engines": cluster.described(),
+                "quality": engines.run_quality(found, folder, cluster, max_queries=max_queries)}
+
+    _bench("engines", work_dir, results, run)
+
+
 @bench_app.command("report")
 def bench_report() -> None:
     """Regenerate docs/benchmarks.md and docs/bench/*.png from bench/results/*.json."""

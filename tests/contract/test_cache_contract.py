@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
 from gateway.cache import Cache, LruCache, RedisCache, cache_key
-
-REDIS_URL = os.environ.get("QUARRY_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+from tests.servers import REDIS_URL, unavailable
 
 
 @pytest.fixture(params=["lru", pytest.param("redis", marks=pytest.mark.redis)])
@@ -22,7 +20,7 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
         redis_cache = RedisCache(REDIS_URL, timeout_seconds=1.0)
         if not await redis_cache.ping():
             await redis_cache.close()
-            pytest.skip(f"Redis not reachable at {REDIS_URL}")
+            unavailable(f"Redis not reachable at {REDIS_URL}")
         c = redis_cache
     yield c
     await c.close()

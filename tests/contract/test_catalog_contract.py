@@ -1,7 +1,8 @@
 """The catalog contract: the same scenarios on SQLite and on PostgreSQL.
 
 PostgreSQL runs in a freshly created schema per test (dropped afterwards), from
-QUARRY_TEST_POSTGRES_URL (default postgresql://postgres@127.0.0.1:5432/test).
+QUARRY_TEST_POSTGRES_URL (``tests.servers``: the server ``scripts/test-servers`` starts); with CI=true an
+unreachable server fails the test.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,10 +40,9 @@ from services.files.adapters.sql import SqlCatalog
 from services.files.domain import FileFilter, Page, PageImage
 from services.files.service import FilesService
 from services.files.settings import FilesSettings
+from tests.servers import POSTGRES_URL, unavailable
 
 _T = TypeVar("_T")
-
-PG_URL = os.environ.get("QUARRY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 class FakeClock:
@@ -97,14 +96,14 @@ async def database(request: pytest.FixtureRequest, tmp_path: object) -> AsyncIte
     if request.param == "sqlite":
         yield Database(f"sqlite+aiosqlite:///{tmp_path}/catalog.db")
         return
-    url = FilesSettings(database_url=PG_URL).resolved_database_url()
+    url = FilesSettings(database_url=POSTGRES_URL).resolved_database_url()
     db = Database(url, f"quarry_test_{uuid.uuid4().hex[:12]}")
     probe = create_async_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
     try:
         async with probe.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {exc!r}")
+    except Exception as exc:
+        unavailable(f"PostgreSQL unreachable at {POSTGRES_URL}: {exc!r}")
     finally:
         await probe.dispose()
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -10,10 +10,11 @@ from services.launcher import Stack
 
 
 @contextmanager
-def running_stack(data: Path, api_key: str) -> Iterator[Stack]:
-    """Start every process on free ports (the ingest worker polling fast), stop them after."""
+def running_stack(data: Path, api_key: str, env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """Start every process on free ports (the ingest worker polling fast), stop them after;
+    ``env`` adds settings (engine URLs, ...)."""
     s = Stack(data_dir=data, port=0, api_key=api_key, log_file=data / "stack.log",
-              env={"QUARRY_INGEST_POLL_INTERVAL": "0.2"})
+              env={"QUARRY_INGEST_POLL_INTERVAL": "0.2", **(env or {})})
     try:
         s.start(timeout=180)
     except Exception:

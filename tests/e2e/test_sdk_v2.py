@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,53 +14,12 @@ import pytest
 from llama_cloud import LlamaCloud
 
 from services.launcher import Stack
+from tests.e2e.corpus import DOCS, HISTORY, REPORT_PDF, ingest_corpus, names, wait_synced
 from tests.e2e.stack import running_stack
-from tests.fixtures.ingest.pdf_builder import build_pdf
 
 pytestmark = pytest.mark.e2e
 
 API_KEY = "qk-e2e-test-key"
-
-HISTORY = "\n\n".join(
-    f"Chapter {i}. The lighthouse keepers of the northern coast kept a log of every storm. "
-    f"In year {1850 + i} the keeper recorded waves taller than the tower and a ship named Aurora {i} "
-    "that anchored in the bay until the wind turned. The log mentions lamp oil, fog bells and the "
-    "long winter nights when supply boats could not reach the island."
-    for i in range(1, 13)
-)
-
-DOCS: dict[str, tuple[str, dict[str, Any]]] = {
-    "solar.md": (
-        "# Solar power\n\nPhotovoltaic solar panels convert sunlight directly into electricity. "
-        "Silicon cells release electrons when photons hit them, and an inverter turns the direct "
-        "current into alternating current for the grid.",
-        {"year": 2021, "author": "Ada", "topic": "energy", "draft": False},
-    ),
-    "volcano.txt": (
-        "Volcanoes form where magma from the mantle reaches the surface. Eruptions release ash, "
-        "lava and gases; the 1991 eruption of Mount Pinatubo cooled the planet for two years.",
-        {"year": 2022, "author": "Brian", "topic": "geology", "draft": True},
-    ),
-    "baking.html": (
-        "<html><body><h1>Sourdough</h1><p>Sourdough bread rises with a starter of wild yeast and "
-        "lactic acid bacteria. Bakers feed the starter with flour and water and bake the loaf in a "
-        "very hot Dutch oven.</p><script>ignored()</script></body></html>",
-        {"year": 2023, "author": "Chen", "topic": "food", "draft": False},
-    ),
-    "rust.md": (
-        "# Rust ownership\n\nThe Rust programming language checks memory safety at compile time. "
-        "The borrow checker enforces that a value has one owner and that references never outlive it.",
-        {"year": 2024, "author": "Ada", "topic": "software", "draft": False},
-    ),
-    "lighthouse-history.txt": (HISTORY, {"year": 2020, "author": "Eve", "topic": "history", "draft": True}),
-}
-
-
-REPORT_PDF = build_pdf([
-    ["Glacier survey report.", "Page one covers the expedition and its route."],
-    ["Page two: the glacier retreated forty metres since the last survey.", "Meltwater lakes doubled."],
-    ["Page three lists the equipment: ice axes, crampons and a GPS receiver."],
-])
 
 
 @pytest.fixture(scope="module")
@@ -75,43 +33,14 @@ def client(stack: Stack) -> LlamaCloud:
     return LlamaCloud(api_key=API_KEY, base_url=stack.base_url, max_retries=0, timeout=60)
 
 
-def wait_synced(client: LlamaCloud, index_id: str, timeout: float = 180) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        index = client.indexes.get(index_id, expand=["sync_in_progress"])
-        if index.sync_in_progress is False and (index.model_extra or {}).get("sync_status") == "succeeded":
-            return index
-        assert (index.model_extra or {}).get("sync_status") != "failed", index
-        time.sleep(0.3)
-    raise AssertionError("sync did not finish")
-
-
 @pytest.fixture(scope="module")
 def index(client: LlamaCloud) -> Any:
-    directory = client.beta.directories.create(name="e2e-corpus")
-    for name, (text, meta) in DOCS.items():
-        client.beta.directories.files.upload(
-            directory.id, upload_file=(name, io.BytesIO(text.encode())), metadata=json.dumps(meta)
-        )
-    client.beta.directories.files.upload(
-        directory.id, upload_file=("glacier-report.pdf", io.BytesIO(REPORT_PDF), "application/pdf"),
-        metadata=json.dumps({"year": 2019, "author": "Ola", "topic": "survey", "draft": False}),
-    )
-    listed = list(client.beta.directories.files.list(directory.id))
-    assert sorted(f.display_name for f in listed) == sorted([*DOCS, "glacier-report.pdf"])
-    created = client.indexes.create(source_directory_id=directory.id, name="e2e-index")
-    client.indexes.sync(created.id)
-    return wait_synced(client, created.id)
+    return ingest_corpus(client)
 
 
 @pytest.fixture(scope="module")
 def file_ids(client: LlamaCloud, index: Any) -> dict[str, str]:
     return {f.file_name: f.file_id for f in client.retrieval.find(index_id=index.id)}
-
-
-def names(results: Any, file_ids: dict[str, str]) -> list[str]:
-    by_id = {v: k for k, v in file_ids.items()}
-    return [by_id[r.static_fields.parsed_directory_file_id] for r in results]
 
 
 def test_best_result_answers_the_query_and_results_are_ordered(client: LlamaCloud, index: Any,

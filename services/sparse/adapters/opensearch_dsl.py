@@ -54,9 +54,12 @@ Mapping:
 Queries: the user's text goes into a ``match`` query on ``content`` (analysed like the content,
 ``OR`` of the tokens, repeated tokens counted; text that analyses to nothing matches nothing):
 never ``query_string``, so no query syntax exists. The filter tree becomes a bool query in the
-``filter`` clause, which restricts matches without changing BM25 scores. BM25 is Lucene's
-(k1 1.2, b 0.75, like tantivy); Lucene leaves out the constant ``(k1 + 1)`` factor, so scores
-are tantivy's divided by 2.2 and the order is the same.
+``filter`` clause, which restricts matches without changing BM25 scores. OpenSearch's default
+similarity is Lucene's legacy BM25 (k1 1.2, b 0.75, with the ``(k1 + 1)`` factor), which is
+tantivy's formula with the same one-byte document-length norms: on the same chunks both engines
+return the same order and the same scores to float precision (the contract suite checks it on a
+real node), except for the words the stemmers treat differently and while deleted documents
+still count in one engine's statistics.
 """
 
 from __future__ import annotations
