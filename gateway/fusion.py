@@ -3,7 +3,10 @@
 - ``relative_score`` (default): min-max normalise each leg's scores to [0, 1], then a convex
   combination with the leg weights. A chunk missing from a leg contributes 0 for that leg.
 - ``dbsf``: distribution-based score fusion: each leg normalised with mean +- 3 standard
-  deviations clipped to [0, 1], then the same convex combination.
+  deviations clipped to [0, 1], then the same convex combination. Clipping makes the outliers
+  of a leg tie at 1 (a query's few strong BM25 matches often lie beyond mean + 3 sigma), so
+  fused ties are ordered by the same combination of the unclipped values: the reported score
+  stays in [0, 1], and the order keeps what the clipping threw away.
 - ``rrf``: reciprocal rank fusion, sum of weight / (k + rank), scaled so a chunk ranked first by
   every leg with weight > 0 scores 1.
 """
@@ -56,6 +59,7 @@ def _minmax(scores: Sequence[float]) -> list[float]:
 
 
 def _dbsf(scores: Sequence[float]) -> list[float]:
+    """Scores on the scale where mean - 3 sigma is 0 and mean + 3 sigma is 1, not yet clipped."""
     if not scores:
         return []
     if len(scores) == 1:
@@ -65,7 +69,7 @@ def _dbsf(scores: Sequence[float]) -> list[float]:
     if std <= 1e-12:
         return [1.0] * len(scores)
     lo, hi = mean - 3 * std, mean + 3 * std
-    return [min(1.0, max(0.0, (s - lo) / (hi - lo))) for s in scores]
+    return [(s - lo) / (hi - lo) for s in scores]
 
 
 def _rank_scores(scores: Sequence[float]) -> list[float]:
@@ -77,6 +81,8 @@ _NORMALISERS: dict[str, Callable[[Sequence[float]], list[float]]] = {
     "dbsf": _dbsf,
     "rrf": _rank_scores,
 }
+#: Methods whose normalised scores are clipped to [0, 1] for the fused score.
+_CLIPPED = frozenset({"dbsf"})
 
 
 def fuse(
@@ -89,13 +95,16 @@ def fuse(
 ) -> list[Fused[C]]:
     """Combine two rankings (each sorted best first) into one, best first.
 
-    Ties break by chunk id so the order is deterministic.
+    Equal fused scores are ordered by the unclipped combination (``dbsf``), then by chunk id so
+    the order is deterministic.
     """
     normalise = _NORMALISERS[method]
+    clip = method in _CLIPPED
     total = dense_weight + sparse_weight
     if total <= 0:
         return []
     combined: dict[str, float] = {}
+    unclipped: dict[str, float] = {}
     chunks: dict[str, C] = {}
     raw: dict[str, list[float | None]] = {}
     for leg, (hits, weight) in enumerate(((dense, dense_weight), (sparse, sparse_weight))):
@@ -104,9 +113,9 @@ def fuse(
         for hit, norm in zip(hits, normalise([h.score for h in hits]), strict=True):
             cid = hit.chunk.id
             chunks.setdefault(cid, hit.chunk)
-            combined[cid] = combined.get(cid, 0.0) + weight * norm
+            combined[cid] = combined.get(cid, 0.0) + weight * (min(1.0, max(0.0, norm)) if clip else norm)
+            unclipped[cid] = unclipped.get(cid, 0.0) + weight * norm
             raw.setdefault(cid, [None, None])[leg] = hit.score
     scale = total * (1.0 / (RRF_K + 1)) if method == "rrf" else total
-    fused = [Fused(chunks[cid], value / scale, raw[cid][0], raw[cid][1]) for cid, value in combined.items()]
-    fused.sort(key=lambda f: (-f.score, f.chunk.id))
-    return fused
+    order = sorted(combined, key=lambda cid: (-combined[cid], -unclipped[cid], cid))
+    return [Fused(chunks[cid], combined[cid] / scale, raw[cid][0], raw[cid][1]) for cid in order]

@@ -48,3 +48,17 @@ def test_inputs_are_not_mutated_and_empty_legs_fuse_to_nothing() -> None:
     fuse(dense, [], dense_weight=0.5, sparse_weight=0.5)
     assert dense == before
     assert fuse([], [], dense_weight=0.5, sparse_weight=0.5) == []
+
+
+def test_dbsf_orders_outliers_clipped_to_one_by_their_scores_not_their_ids() -> None:
+    """A query's few strong BM25 matches lie beyond mean + 3 sigma: all clip to 1, and their order
+    must still follow the leg's scores (it used to follow the chunk ids, which are random)."""
+    sparse = hits(("z-best", 40.0), ("a-second", 30.0), *[(f"m{i:02d}", 5.0 + 0.01 * i) for i in range(60)])
+    fused = fuse([], sparse, dense_weight=0.0, sparse_weight=1.0, method="dbsf")
+    assert [f.score for f in fused[:2]] == [1.0, 1.0]
+    assert [f.chunk.id for f in fused[:2]] == ["z-best", "a-second"]
+    assert [f.chunk.id for f in fused[2:]] == [f"m{i:02d}" for i in reversed(range(60))]
+
+    dense = hits(("a-second", 0.9), ("z-best", 0.9), *[(f"m{i:02d}", 0.2) for i in range(60)])
+    both = fuse(dense, sparse, dense_weight=0.5, sparse_weight=0.5, method="dbsf")
+    assert [f.chunk.id for f in both[:2]] == ["z-best", "a-second"]
