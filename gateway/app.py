@@ -77,7 +77,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.settings = settings
         app.state.backends = Backends(
             dense=settings.dense_addr, sparse=settings.sparse_addr,
-            rerank=settings.rerank_addr, files=settings.files_addr,
+            rerank=settings.rerank_addr, files=settings.files_addr, auth=settings.service_auth,
         )
         app.state.cache = build_cache(settings)
         app.state.indexes = IndexCache(settings.index_cache_seconds)
@@ -104,10 +104,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
         """Ready when the gateway can answer a retrieve: files (auth, catalog) and at least one leg.
-        A reranker or one leg down only degrades answers, so it does not take the gateway out."""
+        A reranker or one leg down only degrades answers, so it does not take the gateway out;
+        ``down`` names every component that is not serving either way."""
         health = await request.app.state.backends.health()
         serving = {name for name, v in health.items() if v == "SERVING"}
         ok = "files" in serving and bool(serving & {"dense", "sparse"})
-        return JSONResponse({"ready": ok, "backends": health}, status_code=200 if ok else 503)
+        down = sorted(set(health) - serving)
+        return JSONResponse({"ready": ok, "down": down, "backends": health}, status_code=200 if ok else 503)
 
     return app

@@ -17,14 +17,16 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.breaker import Breaker
 from services._proto.quarry.common.v1 import common_pb2
 from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
 from services._proto.quarry.files.v1 import files_pb2_grpc
 from services._proto.quarry.rerank.v1 import rerank_pb2, rerank_pb2_grpc
 from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
-from services.common.channels import channel
+from services.common.channels import Channels
 from services.common.convert import filter_to_pb
 from services.common.domain import FilterNode, files_index_id
+from services.common.security import ServiceAuth
 
 
 @dataclass
@@ -63,13 +65,16 @@ def _search_request(cls: type[_Req], index_id: str, query: str, top_k: int, flt:
 class Backends:
     """Channels and stubs for every service the gateway calls."""
 
-    def __init__(self, *, dense: str, sparse: str, rerank: str, files: str) -> None:
-        self._channels = {name: channel(addr) for name, addr in
-                          {"dense": dense, "sparse": sparse, "rerank": rerank, "files": files}.items()}
-        self.dense = dense_pb2_grpc.DenseSearchStub(self._channels["dense"])
-        self.sparse = sparse_pb2_grpc.SparseSearchStub(self._channels["sparse"])
-        self.rerank = rerank_pb2_grpc.RerankStub(self._channels["rerank"])
-        self.files = files_pb2_grpc.FilesStub(self._channels["files"])
+    def __init__(self, *, dense: str, sparse: str, rerank: str, files: str, auth: ServiceAuth) -> None:
+        self._channels = Channels(auth)
+        self._addresses = {"dense": dense, "sparse": sparse, "rerank": rerank, "files": files}
+        self.breakers = {name: Breaker(name, timeout_is_outage=name == "files") for name in self._addresses}
+        for name, address in self._addresses.items():
+            self._channels.intercept(address, self.breakers[name])
+        self.dense = self._channels.stub(dense_pb2_grpc.DenseSearchStub, dense)
+        self.sparse = self._channels.stub(sparse_pb2_grpc.SparseSearchStub, sparse)
+        self.rerank = self._channels.stub(rerank_pb2_grpc.RerankStub, rerank)
+        self.files = self._channels.stub(files_pb2_grpc.FilesStub, files)
 
     async def dense_search(
         self, index_id: str, query: str, top_k: int, flt: FilterNode | None, timeout: float
@@ -104,16 +109,16 @@ class Backends:
     async def health(self, timeout: float = 1.0) -> dict[str, str]:
         """Health of every backend (the stock grpc.health.v1 service)."""
 
-        async def one(name: str, ch: grpc.aio.Channel) -> tuple[str, str]:
+        async def one(name: str, address: str) -> tuple[str, str]:
             try:
-                response = await health_pb2_grpc.HealthStub(ch).Check(
+                response = await health_pb2_grpc.HealthStub(self._channels.channel(address)).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=timeout
                 )
                 return name, health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
             except grpc.aio.AioRpcError as exc:
                 return name, exc.code().name
 
-        return dict(await asyncio.gather(*(one(n, c) for n, c in self._channels.items())))
+        return dict(await asyncio.gather(*(one(n, a) for n, a in self._addresses.items())))
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels.values()))
+        await self._channels.close()

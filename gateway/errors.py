@@ -55,7 +55,9 @@ async def _grpc_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("backend call failed: %s %s", exc.code().name, exc.details())
         messages = {503: "a backend service is unavailable", 504: "a backend service timed out"}
-        return error_response(status, messages.get(status, "internal error"))
+        # Worth retrying soon: a restarted process or a closing breaker answers within seconds.
+        retry = {"retry-after": str(round(getattr(exc, "retry_after", 1)))} if status in (503, 504) else None
+        return error_response(status, messages.get(status, "internal error"), retry)
     if status == 422:
         return field_error(("body",), exc.details() or "invalid argument")
     return error_response(status, exc.details() or exc.code().name.lower())

@@ -67,6 +67,7 @@ def legacy_plan(index_id: str, body: lm.PipelineRetrieveRequest, settings: Gatew
         rerank_depth=d.rerank_depth,
         rerank_blend=d.rerank_blend,
         rerank_timeout=d.rerank_timeout_seconds,
+        leg_timeout=d.leg_timeout_seconds,
         score_threshold=None,
         filter=flt,
         dense_cutoff=body.dense_similarity_cutoff,

@@ -47,6 +47,8 @@ class Plan:
     rerank_blend: float = 1.0
     #: The rerank call's deadline, capped by what is left of the request's budget.
     rerank_timeout: float | None = None
+    #: Each leg's deadline, capped by what is left of the request's budget.
+    leg_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ async def run_legs(backends: Backends, plan: Plan, budget: Budget) -> tuple[dict
     """
     depth = max(plan.num_candidates, plan.top_k)
     timeout = budget.remaining()
+    if plan.leg_timeout is not None:
+        timeout = min(timeout, plan.leg_timeout)
     calls = {}
     if plan.dense_weight > 0:
         calls["dense"] = backends.dense_search(plan.index_id, plan.query, depth, plan.filter, timeout)

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.security import ServiceAuth
+
 
 class RetrievalDefaults(BaseModel):
     """Server-side defaults; they apply whenever a client omits a field (the legacy
@@ -31,6 +33,9 @@ class RetrievalDefaults(BaseModel):
     # The rerank call's own deadline (within the request's): past it the answer degrades to the
     # fused order instead of holding the request for its whole budget.
     rerank_timeout_seconds: float = Field(default=2.0, gt=0)
+    # Each retrieval leg's own deadline (within the request's): a leg that does not answer in time
+    # is dropped and the answer degraded, instead of holding the request for its whole budget.
+    leg_timeout_seconds: float = Field(default=2.0, gt=0)
 
 
 class GatewaySettings(BaseSettings):
@@ -42,6 +47,8 @@ class GatewaySettings(BaseSettings):
     sparse_addr: str = "127.0.0.1:50062"
     rerank_addr: str = "127.0.0.1:50063"
     files_addr: str = "127.0.0.1:50064"
+    #: The credential the gateway's calls to the services carry (``QUARRY_GATEWAY_SERVICE_AUTH__*``).
+    service_auth: ServiceAuth = Field(default_factory=ServiceAuth)
     # Redis URL for a shared cache; unset: an in-process LRU.
     redis_url: str | None = None
     cache_entries: int = Field(default=10_000, ge=0)
@@ -49,7 +56,7 @@ class GatewaySettings(BaseSettings):
     # Total budget of one request; each backend call gets what is left of it.
     request_timeout_seconds: float = Field(default=10.0, gt=0)
     # Catalog calls (auth, index lookup) are small and get this budget each.
-    catalog_timeout_seconds: float = Field(default=5.0, gt=0)
+    catalog_timeout_seconds: float = Field(default=2.0, gt=0)
     auth_cache_seconds: float = Field(default=10.0, ge=0)
     # How long a retrieve may use an index read by an earlier request (its owner and generation);
     # see gateway.cache.IndexCache. 0: read it from the files service on every retrieve.

@@ -132,7 +132,8 @@ def up(
 ) -> None:
     """Start every Quarry process on embedded backends and keep them running (Ctrl-C stops)."""
     data_dir = data_dir.resolve()
-    stack = Stack(data_dir=data_dir, host=host, port=port, api_key=api_key)
+    stack = Stack(data_dir=data_dir, host=host, port=port, api_key=api_key,
+                  notify=lambda message: console.print(f"[yellow]supervisor:[/] {message}"))
     console.print(f"[bold]quarry[/] starting on embedded backends, data in {data_dir}")
     stop = {"now": False}
 
@@ -161,11 +162,8 @@ def up(
             console.print(f"sample query: [italic]{question}[/]")
             print_results(client.query(index["id"], question, 3, True))
         console.print(f"try: quarry query \"what does error QRY-503 mean?\" --index {SAMPLE_INDEX}")
-        console.print("Ctrl-C stops every process")
+        console.print("Ctrl-C stops every process; a process that dies is restarted")
         while not stop["now"]:
-            if stack.failed():
-                console.print(f"[red]process exited:[/] {', '.join(stack.failed())}; stopping")
-                break
             time.sleep(0.5)
     finally:
         console.print("stopping…")

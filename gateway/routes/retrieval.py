@@ -43,6 +43,7 @@ def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
         rerank_depth=d.rerank_depth,
         rerank_blend=d.rerank_blend,
         rerank_timeout=d.rerank_timeout_seconds,
+        leg_timeout=d.leg_timeout_seconds,
         score_threshold=body.score_threshold,
         filter=flt,
     )

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services.common.security import ServiceAuthInterceptor, server_credentials
 from services.common.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,12 @@ class RunningServer:
     """A started server; ``stop`` is idempotent. Used by ``serve`` and by tests."""
 
     def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
-                 service_names: Sequence[str], ready: Ready) -> None:
+                 service_names: Sequence[str], ready: Ready, health_server: grpc.aio.Server | None = None,
+                 health_port: int = 0) -> None:
         self.server = server
         self.port = port
+        self.health_server = health_server
+        self.health_port = health_port
         self._health = health_servicer
         self._names = list(service_names)
         self._ready = ready
@@ -82,6 +86,8 @@ class RunningServer:
             self._watch = None
         await self._health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
 
 
 async def start_server(
@@ -90,18 +96,31 @@ async def start_server(
     service_names: Sequence[str],
     ready: Ready,
 ) -> RunningServer:
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Bind, register, start; every call but health must carry the service credential."""
+    auth = settings.service_auth
+    auth.require(str(settings.model_config.get("env_prefix") or "QUARRY_<PROCESS>_"))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ServiceAuthInterceptor(auth)])
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
     if settings.reflection:
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = server_credentials(auth)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+        raise RuntimeError(f"could not bind {address}")
+    health_server, health_port = None, 0
+    if settings.health_port is not None:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_port = health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if health_port == 0:
+            raise RuntimeError(f"could not bind the health port {settings.host}:{settings.health_port}")
+        await health_server.start()
     await server.start()
-    running = RunningServer(server, port, health_servicer, names, ready)
+    running = RunningServer(server, port, health_servicer, names, ready, health_server, health_port)
     # Known but NOT_SERVING until the first readiness probe passes (never NOT_FOUND).
     await running.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     running.start_health_watch()

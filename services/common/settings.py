@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.common.security import ServiceAuth
+
 
 class ServiceSettings(BaseSettings):
     """Base for a gRPC service process (prefix set by the subclass, e.g. ``QUARRY_DENSE_``)."""
@@ -19,3 +21,8 @@ class ServiceSettings(BaseSettings):
     log_format: str = Field(default="json", pattern="^(json|text)$")
     # When set, the bound port is written here (used by the launcher with port 0).
     port_file: str | None = None
+    #: The credential every call to this process must carry, and that its own calls carry
+    #: (``QUARRY_<PROCESS>_SERVICE_AUTH__*``, see ``services.common.security``).
+    service_auth: ServiceAuth = Field(default_factory=ServiceAuth)
+    #: A plaintext port serving only ``grpc.health.v1`` (for kubelet probes, which cannot do mTLS).
+    health_port: int | None = Field(default=None, ge=0, le=65535)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -12,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services._proto.quarry.dense.v1 import dense_pb2_grpc
 from services._proto.quarry.files.v1 import files_pb2_grpc
 from services._proto.quarry.sparse.v1 import sparse_pb2_grpc
-from services.common.channels import channel
+from services.common.channels import Channels
 from services.ingest.chunking import piece_tokenizer
 from services.ingest.settings import IngestSettings
 from services.ingest.worker import IngestWorker
@@ -32,17 +31,15 @@ class IngestApp:
 
 def bootstrap(settings: IngestSettings) -> IngestApp:
     """Build the worker from settings: one channel per backend, the tokenizer loaded up front."""
-    files_channel = channel(settings.files_addr)
-    dense_channel = channel(settings.dense_addr)
-    sparse_channel = channel(settings.sparse_addr)
+    channels = Channels(settings.service_auth)
     worker = IngestWorker(
         settings,
-        files_pb2_grpc.FilesStub(files_channel),
-        dense_pb2_grpc.DenseSearchStub(dense_channel),
-        sparse_pb2_grpc.SparseSearchStub(sparse_channel),
+        channels.stub(files_pb2_grpc.FilesStub, settings.files_addr),
+        channels.stub(dense_pb2_grpc.DenseSearchStub, settings.dense_addr),
+        channels.stub(sparse_pb2_grpc.SparseSearchStub, settings.sparse_addr),
         tokenizer=piece_tokenizer(),
     )
-    files_health = health_pb2_grpc.HealthStub(files_channel)
+    files_health = channels.stub(health_pb2_grpc.HealthStub, settings.files_addr)
     timeout = min(settings.rpc_timeout, _PROBE_TIMEOUT)
 
     async def ready() -> bool:
@@ -52,7 +49,4 @@ def bootstrap(settings: IngestSettings) -> IngestApp:
             return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def close() -> None:
-        await asyncio.gather(files_channel.close(), dense_channel.close(), sparse_channel.close())
-
-    return IngestApp(worker=worker, ready=ready, close=close)
+    return IngestApp(worker=worker, ready=ready, close=channels.close)

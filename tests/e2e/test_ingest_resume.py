@@ -54,8 +54,10 @@ def progress(http: httpx.Client, index_id: str) -> tuple[str, int, int]:
 
 def count(stack: Stack, index_id: str) -> tuple[int, int]:
     with grpc.insecure_channel(stack.addresses["dense"]) as d, grpc.insecure_channel(stack.addresses["sparse"]) as s:
-        dense = dense_pb2_grpc.DenseSearchStub(d).Count(dense_pb2.CountRequest(index_id=index_id), timeout=10).count
-        sparse = sparse_pb2_grpc.SparseSearchStub(s).Count(sparse_pb2.CountRequest(index_id=index_id), timeout=10).count
+        dense = dense_pb2_grpc.DenseSearchStub(d).Count(dense_pb2.CountRequest(index_id=index_id), timeout=10,
+                                                         metadata=stack.call_metadata).count
+        sparse = sparse_pb2_grpc.SparseSearchStub(s).Count(sparse_pb2.CountRequest(index_id=index_id), timeout=10,
+                                                             metadata=stack.call_metadata).count
     return dense, sparse
 
 

@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.common.channels import channel
 from services.common.grpc_server import start_server
 from services.common.settings import ServiceSettings
+from tests.credentials import AUTH, with_auth
 
 
 @asynccontextmanager
@@ -22,10 +23,11 @@ async def serving(
     close: Callable[[], Awaitable[None]],
     grace: float = 0.0,
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """Start the server, yield a channel to it; after the test the service must still report
-    SERVING (a test that broke it fails here), then stop the server and close the app."""
-    running = await start_server(settings, register, [service_name], ready)
-    ch = channel(running.address)
+    """Start the server (requiring the tests' service token), yield a channel that carries it;
+    after the test the service must still report SERVING (a test that broke it fails here), then
+    stop the server and close the app."""
+    running = await start_server(with_auth(settings), register, [service_name], ready)
+    ch = channel(running.address, AUTH)
     try:
         yield ch
         reply = await health_pb2_grpc.HealthStub(ch).Check(

@@ -12,10 +12,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.quarry.files.v1 import files_pb2 as pb
 from services._proto.quarry.files.v1 import files_pb2_grpc
+from services.common.channels import channel as service_channel
 from services.common.grpc_server import start_server
 from services.files.bootstrap import bootstrap
 from services.files.servicer import SERVICE_NAME, register
 from services.files.settings import FilesSettings
+from tests.credentials import AUTH, with_auth
 
 DEADLINE = 10.0
 
@@ -24,8 +26,8 @@ DEADLINE = 10.0
 async def stub(tmp_path: Path) -> AsyncIterator[files_pb2_grpc.FilesStub]:
     settings = FilesSettings(data_dir=tmp_path, port=0)
     files = await bootstrap(settings)
-    running = await start_server(settings, register(files.service), [SERVICE_NAME], files.ready)
-    channel = grpc.aio.insecure_channel(running.address)
+    running = await start_server(with_auth(settings), register(files.service), [SERVICE_NAME], files.ready)
+    channel = service_channel(running.address, AUTH)
     try:
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(int(DEADLINE / 0.02)):  # the health watch flips to SERVING once the catalog answered

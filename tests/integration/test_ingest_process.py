@@ -43,6 +43,8 @@ from services.sparse.servicer import SERVICE_NAME as SPARSE_SERVICE
 from services.sparse.servicer import SparseServicer
 from services.sparse.servicer import register as register_sparse
 from services.sparse.settings import SparseSettings
+from tests import credentials
+from tests.credentials import AUTH
 from tests.fixtures.ingest.fakes import FakeBackends, start_fake_backends
 from tests.fixtures.ingest.pdf_builder import build_pdf
 
@@ -71,7 +73,7 @@ async def wait_for_port(path: Path) -> int:
 
 async def wait_serving(port: int) -> None:
     """Follow the stock health Watch stream until the process reports SERVING."""
-    async with channel(f"127.0.0.1:{port}") as chan:
+    async with channel(f"127.0.0.1:{port}", AUTH) as chan:
         stub = health_pb2_grpc.HealthStub(chan)
         async with asyncio.timeout(60):
             async for reply in stub.Watch(health_pb2.HealthCheckRequest(service="")):
@@ -85,7 +87,7 @@ async def test_serve_reports_health_works_a_job_and_stops(fakes: FakeBackends, t
     settings = IngestSettings(
         files_addr=addresses["files_addr"], dense_addr=addresses["dense_addr"],
         sparse_addr=addresses["sparse_addr"], port=0, port_file=str(port_file), poll_interval=0.02,
-        grace_seconds=5,
+        grace_seconds=5, service_auth=AUTH,
     )
     stop = asyncio.Event()
     server = asyncio.create_task(serve(settings, stop))
@@ -113,6 +115,7 @@ async def test_module_runs_and_exits_cleanly_on_sigterm(fakes: FakeBackends, tmp
         "QUARRY_INGEST_POLL_INTERVAL": "0.05",
         "QUARRY_INGEST_WORKER_ID": "proc-worker",
         "QUARRY_INGEST_LOG_FORMAT": "text",
+        **credentials.env("ingest"),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.ingest", cwd=REPO, env=env,
@@ -150,9 +153,10 @@ class RealBackends:
 
 @pytest.fixture
 async def real(tmp_path: Path) -> AsyncIterator[RealBackends]:
-    files_settings = FilesSettings(data_dir=tmp_path / "files", port=0)
-    dense_settings = DenseSettings(data_dir=str(tmp_path / "dense"), port=0)
-    sparse_settings = SparseSettings(data_dir=str(tmp_path / "sparse"), port=0, writer_heap_mb=16, threads=2)
+    files_settings = FilesSettings(data_dir=tmp_path / "files", port=0, service_auth=AUTH)
+    dense_settings = DenseSettings(data_dir=str(tmp_path / "dense"), port=0, service_auth=AUTH)
+    sparse_settings = SparseSettings(data_dir=str(tmp_path / "sparse"), port=0, writer_heap_mb=16, threads=2,
+                                     service_auth=AUTH)
     files_app = await files_bootstrap.bootstrap(files_settings)
     dense_app = dense_bootstrap.bootstrap(dense_settings)
     sparse_app = sparse_bootstrap.bootstrap(sparse_settings)
@@ -167,7 +171,7 @@ async def real(tmp_path: Path) -> AsyncIterator[RealBackends]:
                                           [SPARSE_SERVICE], sparse_app.ready))
         for server in servers:
             await wait_serving(server.port)
-        channels = [channel(server.address) for server in servers]
+        channels = [channel(server.address, AUTH) for server in servers]
         yield RealBackends(
             files_pb2_grpc.FilesStub(channels[0]),
             dense_pb2_grpc.DenseSearchStub(channels[1]),
@@ -205,7 +209,7 @@ async def test_a_pdf_ends_with_screenshots_and_a_searchable_card(real: RealBacke
     ), timeout=DEADLINE)
     await files.StartSync(files_pb2.StartSyncRequest(project_id=project.id, index_id=index.id), timeout=DEADLINE)
 
-    app = ingest_bootstrap.bootstrap(IngestSettings(**real.addresses, worker_id="it-worker"))
+    app = ingest_bootstrap.bootstrap(IngestSettings(**real.addresses, worker_id="it-worker", service_auth=AUTH))
     try:
         assert await app.worker.run_once() is JobOutcome.SUCCEEDED
         await check_screenshots_and_cards(real, project.id, index.id, uploaded.unique_id)

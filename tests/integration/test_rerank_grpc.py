@@ -17,11 +17,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services._proto.quarry.rerank.v1 import rerank_pb2, rerank_pb2_grpc
+from services.common.channels import channel as service_channel
 from services.common.grpc_server import RunningServer, start_server
 from services.rerank.adapters.late_interaction import LateInteractionReranker
 from services.rerank.bootstrap import bootstrap
 from services.rerank.servicer import SERVICE_NAME, RerankServicer
 from services.rerank.settings import RerankSettings
+from tests import credentials
+from tests.credentials import AUTH, with_auth
 
 QUERY = "effects of caffeine on sleep"
 PASSAGES = [
@@ -45,8 +48,9 @@ async def start(reranker: LateInteractionReranker) -> AsyncIterator[Start]:
     async def _start(**overrides: object) -> tuple[RunningServer, rerank_pb2_grpc.RerankStub]:
         settings = RerankSettings(port=0, **overrides)  # type: ignore[arg-type]
         app = bootstrap(settings, reranker)
-        server = await start_server(settings, RerankServicer(app.service).register, [SERVICE_NAME], app.ready)
-        channel = grpc.aio.insecure_channel(server.address)
+        server = await start_server(with_auth(settings), RerankServicer(app.service).register, [SERVICE_NAME],
+                                    app.ready)
+        channel = service_channel(server.address, AUTH)
         running.append((server, channel))
         return server, rerank_pb2_grpc.RerankStub(channel)
 
@@ -63,7 +67,7 @@ async def test_score_ranks_the_relevant_passage_first(start: Start) -> None:
     assert max(range(len(PASSAGES)), key=lambda i: reply.scores[i]) == 1
     assert reply.model == "late-interaction:all-MiniLM-L6-v2-onnx-int8"
 
-    async with grpc.aio.insecure_channel(server.address) as channel:
+    async with service_channel(server.address, AUTH) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for _ in range(100):  # the readiness watch sets SERVING after its first probe
             request = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
@@ -100,7 +104,7 @@ async def test_service_budget_exceeded_is_deadline_exceeded(start: Start) -> Non
 def test_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     port_file = tmp_path / "port"
     env = {**os.environ, "QUARRY_RERANK_PORT": "0", "QUARRY_RERANK_PORT_FILE": str(port_file),
-           "QUARRY_RERANK_LOG_FORMAT": "text"}
+           "QUARRY_RERANK_LOG_FORMAT": "text", **credentials.env("rerank")}
     proc = subprocess.Popen([sys.executable, "-m", "services.rerank"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -111,7 +115,7 @@ def test_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             time.sleep(0.05)
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as channel:
             reply = rerank_pb2_grpc.RerankStub(channel).Score(
-                rerank_pb2.ScoreRequest(query=QUERY, passages=PASSAGES), timeout=30
+                rerank_pb2.ScoreRequest(query=QUERY, passages=PASSAGES), timeout=30, metadata=credentials.METADATA
             )
         assert max(range(len(PASSAGES)), key=lambda i: reply.scores[i]) == 1
         proc.send_signal(signal.SIGTERM)

@@ -21,6 +21,7 @@ from services.common.domain import And, Condition, Op
 from services.sparse.bootstrap import bootstrap
 from services.sparse.servicer import SERVICE_NAME, SparseServicer, register
 from services.sparse.settings import SparseSettings
+from tests import credentials
 from tests.contract.filter_scenarios import CHUNKS, INDEX, ids
 from tests.integration.serving import serving
 
@@ -120,6 +121,7 @@ async def test_the_process_serves_health_and_stops_on_sigterm(tmp_path: Path) ->
         "QUARRY_SPARSE_PORT_FILE": str(port_file),
         "QUARRY_SPARSE_DATA_DIR": str(tmp_path / "data"),
         "QUARRY_SPARSE_WRITER_HEAP_MB": "16",
+        **credentials.env("sparse"),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -135,7 +137,7 @@ async def test_the_process_serves_health_and_stops_on_sigterm(tmp_path: Path) ->
                 break
             await asyncio.sleep(0.05)
         assert port_file.exists(), "the service did not write its port file"
-        async with channel(f"127.0.0.1:{port_file.read_text()}") as ch:
+        async with channel(f"127.0.0.1:{port_file.read_text()}", credentials.AUTH) as ch:
             health = health_pb2_grpc.HealthStub(ch)
             reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING

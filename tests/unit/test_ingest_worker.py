@@ -20,6 +20,7 @@ from services.ingest.chunking import piece_tokenizer
 from services.ingest.screenshots import PdfPageRenderer
 from services.ingest.settings import IngestSettings
 from services.ingest.worker import IndexConfig, IngestWorker, JobOutcome, chunk_metadata
+from tests.credentials import AUTH
 from tests.fixtures.ingest.fakes import FakeBackends, parsed_file_id_for, start_fake_backends
 from tests.fixtures.ingest.pdf_builder import build_pdf
 
@@ -50,7 +51,7 @@ class Harness:
 
     def worker(self, **overrides: Any) -> IngestWorker:
         settings = self.settings(**overrides)
-        chans = [channel(settings.files_addr), channel(settings.dense_addr), channel(settings.sparse_addr)]
+        chans = [channel(address, AUTH) for address in (settings.files_addr, settings.dense_addr, settings.sparse_addr)]
         self._channels.extend(chans)
         return IngestWorker(
             settings,
