@@ -19,6 +19,7 @@ from gateway.backends import Backends
 from gateway.cache import Cache, IndexCache, LruCache, RedisCache
 from gateway.routes import catalog, media, pipelines, retrieval
 from gateway.settings import GatewaySettings
+from gateway.validation import RejectSurrogates
 from services.common.logging import request_id
 
 log = logging.getLogger("gateway.access")
@@ -95,6 +96,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(pipelines.router)
     app.include_router(media.router)
 
+    app.add_middleware(RejectSurrogates)
     app.add_middleware(AccessLog)
 
     @app.get("/healthz", include_in_schema=False)

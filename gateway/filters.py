@@ -14,6 +14,8 @@ from gateway.legacy_models import MetadataFilter, MetadataFilters
 from gateway.models import CustomFilter, RangeBound, StaticFilters, StrFilter
 from services.common.domain import (
     FILE_ID_FIELD,
+    MAX_FILTER_CONDITIONS,
+    MAX_FILTER_DEPTH,
     RANGE_OPS,
     And,
     Condition,
@@ -22,6 +24,7 @@ from services.common.domain import (
     Op,
     Or,
     Scalar,
+    condition_limit_error,
     is_number,
 )
 
@@ -58,7 +61,11 @@ def _condition(field: str, op: Op, value: object, loc: tuple[str | int, ...]) ->
         raise FilterError((*loc, "value"), f"operator {op.value} needs a number")
     if op in _TEXT_OPS and not all(isinstance(v, str) and v.strip() for v in values):
         raise FilterError((*loc, "value"), f"operator {op.value} needs a non-empty string")
-    return Condition(field, op, tuple(_scalar(v) for v in values))
+    condition = Condition(field, op, tuple(_scalar(v) for v in values))
+    problem = condition_limit_error(condition)
+    if problem:
+        raise FilterError((*loc, "value"), problem)
+    return condition
 
 
 def _scalar(value: object) -> Scalar:
@@ -73,6 +80,8 @@ def compile_custom_filters(
     custom: Mapping[str, CustomFilter | list[RangeBound] | None] | None,
 ) -> list[FilterNode]:
     """One condition per field (or per range bound); the caller ANDs them."""
+    if custom and len(custom) > MAX_FILTER_CONDITIONS:
+        raise FilterError(("body", "custom_filters"), f"more than {MAX_FILTER_CONDITIONS} filter conditions")
     nodes: list[FilterNode] = []
     for field, spec in (custom or {}).items():
         loc: tuple[str | int, ...] = ("body", "custom_filters", field)
@@ -101,24 +110,36 @@ def compile_static_filters(static: StaticFilters | None) -> list[FilterNode]:
 def _check_field(field: str, loc: tuple[str | int, ...]) -> None:
     if not field or field.startswith("$"):
         raise FilterError(loc, "metadata field names must be non-empty and not start with '$'")
+    problem = condition_limit_error(Condition(field, Op.EQ))
+    if problem:
+        raise FilterError(loc, problem)
 
 
 def compile_metadata_filters(
     tree: MetadataFilters | None, loc: tuple[str | int, ...] = ("body", "search_filters")
 ) -> FilterNode | None:
     """The legacy ``MetadataFilters`` tree: ``and`` (the default), ``or``, and ``not`` (none of
-    the filters match, as in LlamaIndex); a filter without an operator means ``==``."""
-    if tree is None:
-        return None
+    the filters match, as in LlamaIndex); a filter without an operator means ``==``. Deeper than
+    ``MAX_FILTER_DEPTH`` groups or more than ``MAX_FILTER_CONDITIONS`` conditions is refused
+    (the location names the first group or condition past the bound)."""
+    return _compile_tree(tree, loc, 1, [0]) if tree is not None else None
+
+
+def _compile_tree(tree: MetadataFilters, loc: tuple[str | int, ...], depth: int, count: list[int]) -> FilterNode | None:
+    if depth > MAX_FILTER_DEPTH:
+        raise FilterError(loc, f"filters nest deeper than {MAX_FILTER_DEPTH} levels")
     children: list[FilterNode] = []
     for i, item in enumerate(tree.filters):
         item_loc = (*loc, "filters", i)
         if isinstance(item, MetadataFilters):
-            child = compile_metadata_filters(item, item_loc)
+            child = _compile_tree(item, item_loc, depth + 1, count)
             if child is not None:
                 children.append(child)
             continue
         assert isinstance(item, MetadataFilter)
+        count[0] += 1
+        if count[0] > MAX_FILTER_CONDITIONS:
+            raise FilterError(item_loc, f"more than {MAX_FILTER_CONDITIONS} filter conditions")
         _check_field(item.key, (*item_loc, "key"))
         children.append(_condition(item.key, _LEGACY_OPS[item.operator or "=="], item.value, item_loc))
     if not children:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.models import Weight, _Request, _Response
+from gateway.models import INT32_MAX, Count, Weight, _Request, _Response
+from services.common.domain import MAX_FILTER_DEPTH
 
 LegacyOp = Literal[
     "==", ">", "<", "!=", ">=", "<=", "in", "nin", "any", "all", "text_match", "text_match_insensitive",
@@ -29,6 +30,17 @@ class MetadataFilter(BaseModel):
     value: LegacyValue = None
     # No default in the docs; a missing operator means "==" (API_CONTRACT.md §3).
     operator: LegacyOp | None = None
+
+
+def _nesting(value: Any) -> int:
+    """How many ``{"filters": [...]}`` groups are nested in raw JSON (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict) and isinstance(node.get("filters"), list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in node["filters"])
+    return deepest
 
 
 class MetadataFilters(BaseModel):
@@ -94,7 +106,7 @@ class CloudDocumentCreate(_Request):
     id: str | None = Field(default=None, min_length=1, max_length=1024)
     excluded_embed_metadata_keys: list[str] | None = None
     excluded_llm_metadata_keys: list[str] | None = None
-    page_positions: list[int] | None = None
+    page_positions: list[Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
 
 
 class CloudDocument(_Response):
@@ -151,14 +163,23 @@ class PipelineFile(_Response):
 
 class PipelineRetrieveRequest(_Request):
     query: str = Field(min_length=1)
-    dense_similarity_top_k: Annotated[int, Field(ge=1)] | None = None
+    dense_similarity_top_k: Count | None = None
     dense_similarity_cutoff: float | None = None
-    sparse_similarity_top_k: Annotated[int, Field(ge=1)] | None = None
+    sparse_similarity_top_k: Count | None = None
     enable_reranking: bool | None = None
-    rerank_top_n: Annotated[int, Field(ge=1)] | None = None
+    rerank_top_n: Count | None = None
     alpha: Weight | None = None
     search_filters: MetadataFilters | None = None
     search_filters_inference_schema: dict[str, Any] | None = None
+
+    @field_validator("search_filters", mode="before")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        """Refuse a deep tree before it is validated (and recursed into) level by level."""
+        depth = _nesting(value)
+        if depth > MAX_FILTER_DEPTH:
+            raise ValueError(f"filters nest deeper than {MAX_FILTER_DEPTH} levels ({depth})")
+        return value
     files_top_k: Annotated[int, Field(ge=1, le=100)] | None = None
     retrieval_mode: RetrievalMode | None = None
     retrieve_image_nodes: bool | None = None

@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 V2Op = Literal["eq", "ne", "gt", "lt", "gte", "lte", "in", "nin"]
 Weight = Annotated[float, Field(ge=0.0, le=1.0)]
+#: Counts, sizes and offsets travel as 32-bit integers to the services: larger values are a 422
+#: here, not an overflow there.
+INT32_MAX = 2**31 - 1
+Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
+Offset = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 class _Request(BaseModel):
@@ -53,7 +58,7 @@ class StaticFilters(_Request):
 
 class RerankConfig(_Request):
     enabled: bool | None = None
-    top_n: Annotated[int, Field(ge=1)] | None = None
+    top_n: Count | None = None
 
 
 Fusion = Literal["relative_score", "rrf", "dbsf"]
@@ -69,7 +74,7 @@ class RetrieveRequest(_Request):
     rerank: RerankConfig | None = None
     score_threshold: float | None = None
     static_filters: StaticFilters | None = None
-    top_k: Annotated[int, Field(ge=1)] | None = None
+    top_k: Count | None = None
     # Quarry extension (ignored by the SDKs): how the two legs' scores are combined.
     fusion: Fusion | None = None
 
@@ -118,7 +123,7 @@ class FindRequest(_Request):
     index_id: str = Field(min_length=1)
     file_name: str | None = None
     file_name_contains: str | None = None
-    page_size: Annotated[int, Field(ge=1)] | None = None
+    page_size: Count | None = None
     page_token: str | None = None
 
 
@@ -139,7 +144,7 @@ class SearchFilesRequest(_Request):
     index_id: str = Field(min_length=1)
     file_name: str | None = None
     file_name_contains: str | None = None
-    limit: Annotated[int, Field(ge=1)] | None = None
+    limit: Count | None = None
 
 
 class SearchFilesResponse(_Response):
@@ -151,9 +156,9 @@ class GrepRequest(_Request):
     file_id: str = Field(min_length=1)
     pattern: str = Field(min_length=1)
     context_chars: Annotated[int, Field(ge=0, le=100_000)] | None = None
-    page_size: Annotated[int, Field(ge=1)] | None = None
+    page_size: Count | None = None
     page_token: str | None = None
-    limit: Annotated[int, Field(ge=1)] | None = None
+    limit: Count | None = None
 
 
 class GrepMatch(_Response):
@@ -172,8 +177,8 @@ class GrepResponse(_Response):
 class ReadRequest(_Request):
     index_id: str = Field(min_length=1)
     file_id: str = Field(min_length=1)
-    offset: Annotated[int, Field(ge=0)] | None = 0
-    max_length: Annotated[int, Field(ge=0)] | None = None
+    offset: Offset | None = 0
+    max_length: Offset | None = None
 
 
 class ReadResponse(_Response):

@@ -10,7 +10,9 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway import models, shaping
 from gateway.errors import error_response, field_error
-from gateway.routes.deps import Project, catalog_timeout, files_of, resolve_index, settings_of
+from gateway.models import INT32_MAX
+from gateway.routes.deps import Project, catalog_timeout, files_of, remove_index, resolve_index, settings_of
+from gateway.validation import problem, surrogate_location
 from services._proto.quarry.files.v1 import files_pb2
 
 router = APIRouter(prefix="/api/v1", tags=["catalog"])
@@ -77,6 +79,9 @@ def _metadata_json(raw: str | None) -> str | JSONResponse:
         return field_error(("body", "metadata"), "metadata must be a JSON object string")
     if not isinstance(parsed, dict):
         return field_error(("body", "metadata"), "metadata must be a JSON object")
+    where = surrogate_location(parsed, ("body", "metadata"))
+    if where is not None:
+        return error_response(422, [problem(where)])
     for key, value in parsed.items():
         ok = value is None or isinstance(value, str | int | float | bool) or (
             isinstance(value, list) and all(isinstance(v, str | int | float | bool) for v in value)
@@ -124,7 +129,7 @@ async def list_directory_files(
     directory_id: str,
     request: Request,
     project: Project,
-    page_size: Annotated[int | None, Query(ge=1)] = None,
+    page_size: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     page_token: str | None = None,
     display_name: str | None = None,
     display_name_contains: str | None = None,
@@ -223,7 +228,7 @@ async def create_index(body: models.IndexCreate, request: Request, project: Proj
 async def list_indexes(
     request: Request,
     project: Project,
-    page_size: Annotated[int | None, Query(ge=1)] = None,
+    page_size: Annotated[int | None, Query(ge=1, le=INT32_MAX)] = None,
     page_token: str | None = None,
     source_directory_id: str | None = None,
 ) -> models.IndexPage:
@@ -252,11 +257,7 @@ async def get_index(
 @router.delete("/indexes/{index_id}", status_code=204)
 async def delete_index(index_id: str, request: Request, project: Project) -> Response:
     """Delete the catalog entry first (so it stops being served), then the engines' data."""
-    await files_of(request).DeleteIndex(
-        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
-    )
-    request.app.state.indexes.forget(project.id, index_id)
-    await request.app.state.backends.drop_index(index_id, settings_of(request).request_timeout_seconds)
+    await remove_index(request, project, index_id)
     return Response(status_code=204)
 
 

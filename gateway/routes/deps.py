@@ -3,14 +3,18 @@ and the caller's project."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
+import grpc
 from fastapi import Depends, Request
 
 from gateway.auth import current_project
 from gateway.cache import IndexCache
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 #: The caller's project (401 without a valid key), as a route parameter type.
 Project = Annotated[files_pb2.Project, Depends(current_project)]
@@ -44,3 +48,21 @@ async def resolve_index(request: Request, project: files_pb2.Project, index_id: 
     )
     indexes.put(project.id, index, index_id)
     return index
+
+
+async def remove_index(request: Request, project: files_pb2.Project, index_id: str) -> None:
+    """Delete an index: the catalog first (it stops being served, and an engine drop is recorded in
+    the same transaction), then its chunks in both engines. When an engine does not finish in
+    time the delete still succeeds: an ingest worker completes the recorded drop later."""
+    await files_of(request).DeleteIndex(
+        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
+    )
+    request.app.state.indexes.forget(project.id, index_id)
+    try:
+        await request.app.state.backends.drop_index(index_id, settings_of(request).request_timeout_seconds)
+    except (grpc.aio.AioRpcError, TimeoutError) as exc:
+        log.warning("index %s deleted; its chunks are left to the ingest worker's engine drop (%s)", index_id,
+                    exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else "timeout")
+        return
+    await files_of(request).CompleteEngineDrop(files_pb2.CompleteEngineDropRequest(index_id=index_id),
+                                               timeout=catalog_timeout(request))

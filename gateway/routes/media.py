@@ -21,7 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from gateway.errors import error_response
-from gateway.models import _Response
+from gateway.models import INT32_MAX, _Response
 from gateway.routes.deps import Project
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
@@ -74,8 +74,8 @@ async def page_screenshot(
     """The screenshot of one page (PNG bytes)."""
     if project_id and project_id != project.id:
         return error_response(404, f"project {project_id} not found")
-    if page_index < 0:
-        return error_response(404, "page_index must be 0 or more")
+    if not 0 <= page_index <= INT32_MAX:
+        return error_response(404, f"no page {page_index}")
     return await _image(request, project.id, file_id, page_index)
 
 
@@ -117,7 +117,7 @@ async def attachment_content(
     """The bytes behind a presigned URL; the signature stands in for the API key."""
     match = _NAME.fullmatch(name)
     expected = _signature(_key(request), project_id, source_id, name, expires)
-    if match is None or not hmac.compare_digest(expected, signature):
+    if match is None or not hmac.compare_digest(expected, signature) or int(match.group(1)) > INT32_MAX:
         return error_response(403, "invalid attachment signature")
     if expires < time.time():
         return error_response(403, "attachment URL expired")

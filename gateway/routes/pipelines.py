@@ -26,10 +26,15 @@ from gateway.backends import Budget
 from gateway.cache import cache_key
 from gateway.errors import error_response, field_error
 from gateway.filters import compile_metadata_filters, conjunction
+from gateway.models import INT32_MAX
 from gateway.retrieval import retrieve
-from gateway.routes.deps import Project, catalog_timeout, files_of, resolve_index, settings_of
+from gateway.routes.deps import Project, catalog_timeout, files_of, remove_index, resolve_index, settings_of
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import DOCUMENT_CONTENT_TYPE
+
+#: Paging of the legacy list routes.
+Skip = Annotated[int | None, Query(ge=0, le=INT32_MAX)]
+Limit = Annotated[int | None, Query(ge=1, le=1000)]
 
 router = APIRouter(prefix="/api/v1", tags=["pipelines"])
 
@@ -230,11 +235,7 @@ async def update_pipeline(
 
 @router.delete("/pipelines/{pipeline_id}", status_code=204)
 async def delete_pipeline(pipeline_id: str, request: Request, project: Project) -> Response:
-    await files_of(request).DeleteIndex(
-        files_pb2.DeleteIndexRequest(project_id=project.id, index_id=pipeline_id), timeout=catalog_timeout(request)
-    )
-    request.app.state.indexes.forget(project.id, pipeline_id)
-    await request.app.state.backends.drop_index(pipeline_id, settings_of(request).request_timeout_seconds)
+    await remove_index(request, project, pipeline_id)
     return Response(status_code=204)
 
 
@@ -338,7 +339,7 @@ async def _list_source(
 @router.get("/pipelines/{pipeline_id}/documents/paginated", response_model=lm.DocumentPage)
 async def list_documents(
     pipeline_id: str, request: Request, project: Project,
-    skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    skip: Skip = None, limit: Limit = None,
 ) -> lm.DocumentPage:
     index = await resolve_index(request, project, pipeline_id)
     items, total = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, True)
@@ -348,7 +349,7 @@ async def list_documents(
 @router.get("/pipelines/{pipeline_id}/documents", response_model=list[lm.CloudDocument])
 async def list_documents_plain(
     pipeline_id: str, request: Request, project: Project,
-    skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    skip: Skip = None, limit: Limit = None,
 ) -> list[lm.CloudDocument]:
     index = await resolve_index(request, project, pipeline_id)
     items, _ = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, True)
@@ -511,7 +512,7 @@ async def add_pipeline_files(
 @router.get("/pipelines/{pipeline_id}/files", response_model=list[lm.PipelineFile])
 async def list_pipeline_files(
     pipeline_id: str, request: Request, project: Project,
-    skip: Annotated[int | None, Query(ge=0)] = None, limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+    skip: Skip = None, limit: Limit = None,
 ) -> list[lm.PipelineFile]:
     index = await resolve_index(request, project, pipeline_id)
     items, _ = await _list_source(request, project, index.source_directory_id, skip or 0, limit or 100, False)

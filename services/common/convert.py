@@ -6,7 +6,7 @@ import json
 from typing import Protocol
 
 from services._proto.quarry.common.v1 import common_pb2 as pb
-from services.common.domain import And, Chunk, Condition, FilterNode, Hit, Not, Op, Or, Scalar
+from services.common.domain import And, Chunk, Condition, FilterNode, Hit, Not, Op, Or, Scalar, filter_limit_error
 from services.common.errors import InvalidArgument
 
 _OP_TO_PB = {op: getattr(pb, f"OP_{op.name}") for op in Op}
@@ -78,8 +78,15 @@ class _HasFilter(Protocol):
 
 
 def request_filter(request: _HasFilter) -> FilterNode | None:
-    """The filter of a search request (``has_filter`` tells an absent filter from an empty one)."""
-    return filter_from_pb(request.filter) if request.has_filter else None
+    """The filter of a search request (``has_filter`` tells an absent filter from an empty one),
+    within the bounds of ``filter_limit_error``."""
+    if not request.has_filter:
+        return None
+    node = filter_from_pb(request.filter)
+    problem = filter_limit_error(node)
+    if problem:
+        raise InvalidFilterError(problem)
+    return node
 
 
 def chunk_to_pb(chunk: Chunk) -> pb.Chunk:

@@ -102,6 +102,55 @@ class Not:
 
 FilterNode: TypeAlias = Condition | And | Or | Not
 
+# Bounds on one filter tree. The gateway enforces them with a 422 naming the field; the engines
+# check them again for internal callers. They keep every engine's query inside its own limits:
+# protobuf decodes at most 100 nested messages (two per group), and tantivy matches ``contains``
+# with a regex automaton of at most 1,000 states, about one per byte of the hex field name and
+# of the value.
+MAX_FILTER_DEPTH = 16
+MAX_FILTER_CONDITIONS = 256
+MAX_FILTER_VALUES = 1024
+MAX_FILTER_KEY_BYTES = 128
+MAX_FILTER_VALUE_CHARS = 8191
+MAX_CONTAINS_BYTES = 128
+
+
+def filter_limit_error(node: FilterNode) -> str | None:
+    """Why ``node`` exceeds the bounds above, or ``None`` when it is within them."""
+    conditions = 0
+    stack: list[tuple[FilterNode, int]] = [(node, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > MAX_FILTER_DEPTH:
+            return f"filters nest deeper than {MAX_FILTER_DEPTH} levels"
+        if isinstance(current, Condition):
+            conditions += 1
+            problem = condition_limit_error(current)
+            if problem:
+                return problem
+        elif isinstance(current, Not):
+            stack.append((current.child, depth + 1))
+        else:
+            stack.extend((child, depth + 1) for child in current.children)
+    if conditions > MAX_FILTER_CONDITIONS:
+        return f"more than {MAX_FILTER_CONDITIONS} filter conditions"
+    return None
+
+
+def condition_limit_error(cond: Condition) -> str | None:
+    """Why one condition exceeds the bounds (its key, its number of values, a value's length)."""
+    if len(cond.field.encode()) > MAX_FILTER_KEY_BYTES:
+        return f"a filter key is at most {MAX_FILTER_KEY_BYTES} bytes (UTF-8)"
+    if len(cond.values) > MAX_FILTER_VALUES:
+        return f"a filter takes at most {MAX_FILTER_VALUES} values"
+    for value in cond.values:
+        if isinstance(value, str):
+            if len(value) > MAX_FILTER_VALUE_CHARS:
+                return f"a filter value is at most {MAX_FILTER_VALUE_CHARS} characters"
+            if cond.op is Op.CONTAINS and len(value.encode()) > MAX_CONTAINS_BYTES:
+                return f"a contains value is at most {MAX_CONTAINS_BYTES} bytes (UTF-8)"
+    return None
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:

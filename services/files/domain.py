@@ -109,6 +109,17 @@ class JobItem:
 
 
 @dataclass(frozen=True)
+class EngineDrop:
+    """A deleted index whose chunks are still to be dropped from dense and sparse."""
+
+    index_id: str
+    project_id: str
+    requested_at: datetime
+    attempts: int
+    last_error: str
+
+
+@dataclass(frozen=True)
 class PreparedFile:
     """The parsed-file row a worker writes into, and the index settings it parses under."""
 

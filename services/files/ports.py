@@ -14,6 +14,7 @@ from services.files.domain import (
     AddSpec,
     Directory,
     DirectoryFile,
+    EngineDrop,
     FileFilter,
     FileRef,
     FileStatus,
@@ -166,6 +167,14 @@ class Catalog(Protocol):
 
     # page screenshots (by parsed file id)
     async def get_page_image(self, project_id: str, file_id: str, page_index: int) -> PageImage: ...
+
+    async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[EngineDrop]:
+        """Deleted indexes whose chunks the engines may still hold, oldest first."""
+        ...
+
+    async def complete_engine_drop(self, index_id: str, error: str | None) -> None:
+        """The engines dropped the index's chunks (``error`` None), or failed to (kept, counted)."""
+        ...
 
     async def list_page_images(self, project_id: str, file_ids: Sequence[str]) -> list[PageImage]:
         """Metadata (no bytes) of the images of those files, by (file_id, page_index)."""

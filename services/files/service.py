@@ -433,6 +433,16 @@ class FilesService:
             raise InvalidArgument("page_index must not be negative")
         return await self.catalog.get_page_image(project_id, file_id, page_index)
 
+    async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[d.EngineDrop]:
+        if limit < 0 or min_age_seconds < 0:
+            raise InvalidArgument("limit and min_age_seconds must not be negative")
+        return await self.catalog.list_engine_drops(min(limit or 100, 1000), min_age_seconds)
+
+    async def complete_engine_drop(self, index_id: str, error: str | None) -> None:
+        if not index_id:
+            raise InvalidArgument("index_id is required")
+        await self.catalog.complete_engine_drop(index_id, error)
+
     async def list_page_images(self, project_id: str, file_ids: Sequence[str]) -> list[d.PageImage]:
         if len(file_ids) > MAX_PAGE_IMAGE_FILES:
             raise InvalidArgument(f"file_ids: at most {MAX_PAGE_IMAGE_FILES} ids per call")

@@ -39,6 +39,7 @@ MESSAGES: dict[type, type[Message]] = {
     d.FileStatus: pb.FileStatus,
     d.PageImage: pb.PageImage,
     d.PreparedFile: pb.PrepareParsedFileResponse,
+    d.EngineDrop: pb.EngineDrop,
 }
 
 
@@ -423,6 +424,22 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
         """The page images (no bytes) of some parsed files."""
         images = await self._svc.list_page_images(request.project_id, list(request.file_ids))
         return pb.ListPageImagesResponse(items=[to_pb(i) for i in images])
+
+    @mapped
+    async def ListEngineDrops(
+        self, request: pb.ListEngineDropsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListEngineDropsResponse:
+        """Deleted indexes whose chunks the engines may still hold, oldest first."""
+        drops = await self._svc.list_engine_drops(request.limit, request.min_age_seconds)
+        return pb.ListEngineDropsResponse(drops=[to_pb(x) for x in drops])
+
+    @mapped
+    async def CompleteEngineDrop(self, request: pb.CompleteEngineDropRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.Empty:
+        """Forget a finished drop, or count a failed attempt (``failed``) with its error."""
+        error = (request.error or "failed") if request.failed else None
+        await self._svc.complete_engine_drop(request.index_id, error)
+        return pb.Empty()
 
 
 def register(service: FilesService) -> Callable[[grpc.aio.Server], None]:

@@ -44,6 +44,11 @@ class IngestSettings(ServiceSettings):
     retry_attempts: int = Field(default=6, ge=1, description="attempts per call on UNAVAILABLE")
     retry_initial_backoff: float = Field(default=0.2, ge=0)
     retry_max_backoff: float = Field(default=5.0, ge=0)
+    engine_drop_min_age_seconds: float = Field(
+        default=30.0, ge=0,
+        description="deleted indexes whose chunks a gateway has not dropped after this long are dropped by a worker",
+    )
+    engine_drop_batch: int = Field(default=20, ge=1, le=1000, description="engine drops per idle poll")
     screenshot_scale: float = Field(
         default=1.0, gt=0, le=8, description="page screenshot scale: 1.0 renders a PDF page at 72 dpi"
     )

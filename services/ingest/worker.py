@@ -230,10 +230,43 @@ class IngestWorker:
             except (CallFailed, LeaseLost) as exc:
                 log.warning("claiming a job failed: %s", exc)
                 outcome = None
+            if outcome is None:
+                await self.drop_engines()
             if outcome is None or outcome is JobOutcome.ABANDONED:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._s.poll_interval)
         log.info("ingest worker %s stopped", self.worker_id)
+
+    async def drop_engines(self) -> int:
+        """Drop, from both engines, the chunks of indexes deleted a while ago that no gateway could
+        finish dropping (``ListEngineDrops``); returns how many were completed."""
+        try:
+            listed = await self._call("ListEngineDrops", self._files.ListEngineDrops, files_pb2.ListEngineDropsRequest(
+                limit=self._s.engine_drop_batch, min_age_seconds=self._s.engine_drop_min_age_seconds))
+        except CallFailed as exc:
+            log.warning("listing engine drops failed: %s", exc)
+            return 0
+        done = 0
+        for drop in listed.drops:
+            try:
+                await self._together(*(
+                    self._call(f"{name} DropIndex", stub.DropIndex, request(index_id=target))
+                    for target in (drop.index_id, files_index_id(drop.index_id))
+                    for name, stub, request in (("dense", self._dense, dense_pb2.DropIndexRequest),
+                                                ("sparse", self._sparse, sparse_pb2.DropIndexRequest))
+                ))
+            except CallFailed as exc:
+                log.warning("dropping deleted index %s failed (attempt %d): %s", drop.index_id, drop.attempts + 1, exc)
+                with contextlib.suppress(CallFailed):
+                    await self._call("CompleteEngineDrop", self._files.CompleteEngineDrop,
+                                     files_pb2.CompleteEngineDropRequest(index_id=drop.index_id, failed=True,
+                                                                         error=str(exc)))
+                continue
+            await self._call("CompleteEngineDrop", self._files.CompleteEngineDrop,
+                             files_pb2.CompleteEngineDropRequest(index_id=drop.index_id))
+            log.info("dropped the chunks of deleted index %s", drop.index_id)
+            done += 1
+        return done
 
     async def run_once(self, stop: asyncio.Event | None = None) -> JobOutcome | None:
         """Claim one job and work it; ``None`` when no job was waiting."""

@@ -962,6 +962,34 @@ async def test_page_images(svc: FilesService) -> None:
     assert await svc.list_page_images(pid, [pc]) == []
 
 
+# -- engine drops
+
+async def test_deleting_an_index_records_an_engine_drop_until_it_is_completed(
+    svc: FilesService, clock: FakeClock
+) -> None:
+    pid, did = await _project_with_dir(svc)
+    a = await svc.create_index(pid, name="a", description="", source_directory_id=did)
+    b = await svc.create_index(pid, name="b", description="", source_directory_id=did)
+    assert await svc.list_engine_drops(10, 0) == []
+    await svc.delete_index(pid, a.id)
+    clock.advance(5)
+    await svc.delete_index(pid, b.id)
+    assert [x.index_id for x in await svc.list_engine_drops(10, 0)] == [a.id, b.id]  # oldest first
+    assert [x.index_id for x in await svc.list_engine_drops(10, 3)] == [a.id]  # b is too recent
+    assert [x.index_id for x in await svc.list_engine_drops(1, 0)] == [a.id]
+
+    await svc.complete_engine_drop(a.id, "sparse DropIndex: UNAVAILABLE")
+    await svc.complete_engine_drop(a.id, "again")
+    (kept, _) = await svc.list_engine_drops(10, 0)
+    assert (kept.index_id, kept.project_id, kept.attempts, kept.last_error) == (a.id, pid, 2, "again")
+    await svc.complete_engine_drop(a.id, None)
+    await svc.complete_engine_drop(b.id, None)
+    assert await svc.list_engine_drops(10, 0) == []
+    await svc.complete_engine_drop(b.id, None)  # completing twice is harmless
+    with pytest.raises(InvalidArgument):
+        await svc.list_engine_drops(-1, 0)
+
+
 # -- issue 5: schema migrations
 
 HEAD = ScriptDirectory.from_config(migrations.alembic_config()).get_current_head()
@@ -1070,7 +1098,7 @@ async def test_an_upgrade_from_0001_keeps_every_row(database: Database, versione
         svc = FilesService(cat)
         assert await _inspect(database, _revision) == HEAD
         after = await _inspect(database, _counts)
-        assert after == {**before, "page_images": 0}
+        assert after == {**before, "page_images": 0, "engine_drops": 0}
         assert await _inspect(database, _differences) == []
         # The defaults of the new columns, and the old rows through the service.
         project = await svc.authenticate("old-key")
@@ -1141,11 +1169,11 @@ async def test_0002_downgrades_and_upgrades_again(database: Database) -> None:
         )
 
     tables, index_columns, item_columns, index_names = await _inspect(database, shape)
-    assert "page_images" not in tables
+    assert not {"page_images", "engine_drops"} & tables
     assert not {"kind", "config_json", "resync_requested"} & index_columns and "source_version" not in item_columns
     assert "uq_indexes_pipeline_name" not in index_names
     kept = await _inspect(database, _counts)
-    assert kept == {t: n for t, n in before.items() if t != "page_images"}
+    assert kept == {t: n for t, n in before.items() if t not in ("page_images", "engine_drops")}
 
     cat = database.catalog()
     await cat.start()

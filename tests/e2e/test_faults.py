@@ -11,6 +11,8 @@ process coming back every answer is normal again. The figures of each case are p
 from __future__ import annotations
 
 import json
+import signal
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -33,7 +35,9 @@ API_KEY = "qk-faults"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("quarry-faults"), API_KEY) as s:
+    # Workers pick up an unfinished engine drop after 1 s instead of 30 (the delete test waits for it).
+    env = {"QUARRY_INGEST_ENGINE_DROP_MIN_AGE_SECONDS": "1"}
+    with running_stack(tmp_path_factory.mktemp("quarry-faults"), API_KEY, env) as s:
         yield s
 
 
@@ -67,6 +71,43 @@ def test_every_internal_service_refuses_calls_without_the_service_credential(sta
                 CALLS[name](ch, metadata)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         CALLS[name](ch, tuple(stack.call_metadata))  # the stack's own token works
+
+
+# -- deleting while an engine hangs ------------------------------------------------------------------
+
+
+def test_a_delete_succeeds_while_an_engine_hangs_and_a_worker_drops_the_chunks_later(stack: Stack) -> None:
+    client = LlamaCloud(api_key=API_KEY, base_url=stack.base_url, max_retries=0, timeout=60)
+    doomed = ingest_corpus(client, "doomed")
+    http = client._client
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+
+    def dense_count() -> int:
+        with grpc.insecure_channel(stack.addresses["dense"]) as ch:
+            return int(dense_pb2_grpc.DenseSearchStub(ch).Count(
+                dense_pb2.CountRequest(index_id=doomed.id), timeout=10, metadata=stack.call_metadata).count)
+
+    assert dense_count() > 0
+    stack.signal("dense", signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        deleted = http.delete(f"{stack.base_url}/api/v1/indexes/{doomed.id}", headers=headers, timeout=60)
+        assert deleted.status_code == 204, deleted.text
+        assert time.monotonic() - started < 15  # the request's budget, not the engine's hang
+        assert http.get(f"{stack.base_url}/api/v1/indexes/{doomed.id}", headers=headers).status_code == 404
+    finally:
+        stack.signal("dense", signal.SIGCONT)
+    def pending() -> set[str]:
+        with grpc.insecure_channel(stack.addresses["files"]) as ch:
+            listed = files_pb2_grpc.FilesStub(ch).ListEngineDrops(files_pb2.ListEngineDropsRequest(limit=100),
+                                                                  timeout=10, metadata=stack.call_metadata)
+        return {d.index_id for d in listed.drops}
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and doomed.id in pending():
+        time.sleep(0.5)
+    assert doomed.id not in pending()  # an ingest worker finished the recorded drop
+    assert dense_count() == 0
 
 
 # -- quarry up's port check -------------------------------------------------------------------------

@@ -533,3 +533,37 @@ async def _wait_for(probe: Any, expected: bool) -> None:
     async with asyncio.timeout(15):
         while await probe() is not expected:  # noqa: ASYNC110 - polling a remote status
             await asyncio.sleep(0.05)
+
+
+async def test_an_idle_worker_drops_the_chunks_of_deleted_indexes_and_retries_a_failed_drop(h: Harness) -> None:
+    for engine in (h.dense, h.sparse):
+        for index_id, chunk in (("gone", "c1"), ("gone.files", "card"), ("kept", "c2")):
+            engine.chunks[(index_id, chunk)] = _stale_chunk("f", 0)
+    h.files.engine_drops = {"gone": 0}
+    worker = h.worker(engine_drop_batch=5)
+
+    h.dense.refuse_drops = True
+    assert await worker.drop_engines() == 0
+    assert h.files.engine_drops == {"gone": 1}  # kept, the attempt counted with its error
+    assert h.files.drops_completed[-1].failed and "UNAVAILABLE" in h.files.drops_completed[-1].error
+
+    h.dense.refuse_drops = False
+    assert await worker.drop_engines() == 1
+    assert h.files.engine_drops == {}
+    for engine in (h.dense, h.sparse):
+        assert {i for i, _ in engine.chunks} == {"kept"}
+    assert [c.request.limit for c in h.files.rec.called("ListEngineDrops")] == [5, 5]
+
+
+async def test_the_run_loop_drains_engine_drops_when_no_job_waits(h: Harness) -> None:
+    h.dense.chunks[("gone", "c1")] = _stale_chunk("f", 0)
+    h.files.engine_drops = {"gone": 0}
+    stop = asyncio.Event()
+    task = asyncio.create_task(h.worker().run(stop))
+    for _ in range(200):
+        if not h.files.engine_drops:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await task
+    assert h.files.engine_drops == {} and ("gone", "c1") not in h.dense.chunks

@@ -264,6 +264,18 @@ page_images = Table(
     Column("size_bytes", BigInteger, nullable=False),
 )
 
+# A deleted index whose chunks the engines still hold (no foreign keys: it outlives its index and
+# its project, whose deletion is what records it).
+engine_drops = Table(
+    "engine_drops",
+    metadata,
+    Column("index_id", _ID, primary_key=True),
+    Column("project_id", _ID, nullable=False),
+    Column("requested_at", _TS, nullable=False, index=True),
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text, nullable=False),
+)
+
 # A listing with content stops adding files once their bytes pass this (at least one file per
 # page), so the reply stays well under the 256 MiB gRPC message limit.
 CONTENT_PAGE_BYTES = 64 * 1024 * 1024
@@ -987,6 +999,8 @@ class SqlCatalog:
             await conn.execute(delete(directories).where(directories.c.id == row.output_directory_id))
             if row.kind == "pipeline":
                 await self._delete_owned_source(conn, row.source_directory_id)
+            await conn.execute(insert(engine_drops).values(
+                index_id=index_id, project_id=project_id, requested_at=self._clock(), attempts=0, last_error=""))
         return dataclasses.replace(
             before, generation=before.generation + 1, sync_in_progress=False, updated_at=self._clock()
         )
@@ -1660,6 +1674,24 @@ class SqlCatalog:
         )
         async with self._read() as conn:
             return [_page_image(r, b"") for r in await conn.execute(query)]
+
+
+    async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[d.EngineDrop]:
+        """The oldest drops requested at least ``min_age_seconds`` ago."""
+        cutoff = self._clock() - timedelta(seconds=min_age_seconds)
+        query = (select(engine_drops).where(engine_drops.c.requested_at <= cutoff)
+                 .order_by(engine_drops.c.requested_at, engine_drops.c.index_id).limit(limit))
+        async with self._read() as conn:
+            return [_from_row(d.EngineDrop, r) for r in await conn.execute(query)]
+
+    async def complete_engine_drop(self, index_id: str, error: str | None) -> None:
+        """Forget the drop (``error`` None), or count a failed attempt and keep it."""
+        async with self._write() as conn:
+            if error is None:
+                await conn.execute(delete(engine_drops).where(engine_drops.c.index_id == index_id))
+            else:
+                await conn.execute(update(engine_drops).where(engine_drops.c.index_id == index_id).values(
+                    attempts=engine_drops.c.attempts + 1, last_error=error[:2000]))
 
 
 def _page_image(row: Row[Any], content: bytes) -> d.PageImage:

@@ -228,9 +228,12 @@ class FilterCompiler:
             # A number or bool can only be "contained" as an element (or be the value itself).
             return self._eq(key, value)
         any_text = "(?s:.)*"
-        substring = tantivy.Query.regex_query(
-            self._schema, KW_FIELD, key + "s" + any_text + _regex_literal(value) + any_text
-        )
+        try:
+            substring = tantivy.Query.regex_query(
+                self._schema, KW_FIELD, key + "s" + any_text + _regex_literal(value) + any_text
+            )
+        except ValueError as exc:  # the automaton's state limit (see domain.MAX_CONTAINS_BYTES)
+            raise InvalidFilter(f"contains value too long for the keyword index: {exc}") from exc
         return tantivy.Query.boolean_query(
             [(tantivy.Occur.Should, substring), (tantivy.Occur.Should, self._kw(key + "l" + value))]
         )

@@ -34,6 +34,106 @@ class Empty(_message.Message):
 Global___Empty: _TypeAlias = Empty  # noqa: Y015
 
 @_typing.final
+class EngineDrop(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    index_id: _builtins.str
+    project_id: _builtins.str
+    requested_at: _builtins.str
+    attempts: _builtins.int
+    last_error: _builtins.str
+    def __init__(
+        self,
+        *,
+        index_id: _builtins.str = ...,
+        project_id: _builtins.str = ...,
+        requested_at: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "index_id", b"index_id", "last_error", b"last_error", "project_id", b"project_id", "requested_at", b"requested_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineDrop: _TypeAlias = EngineDrop  # noqa: Y015
+
+@_typing.final
+class ListEngineDropsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    MIN_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    min_age_seconds: _builtins.float
+    """Only drops requested at least this long ago (the gateway's own attempt goes first)."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        min_age_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "min_age_seconds", b"min_age_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEngineDropsRequest: _TypeAlias = ListEngineDropsRequest  # noqa: Y015
+
+@_typing.final
+class ListEngineDropsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DROPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def drops(self) -> _containers.RepeatedCompositeFieldContainer[Global___EngineDrop]: ...
+    def __init__(
+        self,
+        *,
+        drops: _abc.Iterable[Global___EngineDrop] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drops", b"drops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEngineDropsResponse: _TypeAlias = ListEngineDropsResponse  # noqa: Y015
+
+@_typing.final
+class CompleteEngineDropRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_ID_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    index_id: _builtins.str
+    failed: _builtins.bool
+    """The engines refused or were unreachable: keep the drop, count the attempt, record why."""
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        index_id: _builtins.str = ...,
+        failed: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failed", b"failed", "index_id", b"index_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteEngineDropRequest: _TypeAlias = CompleteEngineDropRequest  # noqa: Y015
+
+@_typing.final
 class Project(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

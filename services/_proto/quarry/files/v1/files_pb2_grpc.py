@@ -218,6 +218,16 @@ class FilesStub:
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesResponse.FromString,
                 _registered_method=True)
+        self.ListEngineDrops = channel.unary_unary(
+                '/quarry.files.v1.Files/ListEngineDrops',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListEngineDropsRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListEngineDropsResponse.FromString,
+                _registered_method=True)
+        self.CompleteEngineDrop = channel.unary_unary(
+                '/quarry.files.v1.Files/CompleteEngineDrop',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CompleteEngineDropRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class FilesServicer:
@@ -465,6 +475,21 @@ class FilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListEngineDrops(self, request, context):
+        """Engine drops: a deleted index's chunks still to be removed from dense and sparse. DeleteIndex
+        records one in its transaction; whoever drops the engines' data (the gateway at once, an
+        ingest worker later for what the gateway could not finish) completes it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteEngineDrop(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FilesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -647,6 +672,16 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.ListPageImages,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesResponse.SerializeToString,
+            ),
+            'ListEngineDrops': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEngineDrops,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListEngineDropsRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListEngineDropsResponse.SerializeToString,
+            ),
+            'CompleteEngineDrop': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteEngineDrop,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.CompleteEngineDropRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1625,6 +1660,60 @@ class Files:
             '/quarry.files.v1.Files/ListPageImages',
             quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesRequest.SerializeToString,
             quarry_dot_files_dot_v1_dot_files__pb2.ListPageImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEngineDrops(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/ListEngineDrops',
+            quarry_dot_files_dot_v1_dot_files__pb2.ListEngineDropsRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.ListEngineDropsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteEngineDrop(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/CompleteEngineDrop',
+            quarry_dot_files_dot_v1_dot_files__pb2.CompleteEngineDropRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -102,6 +102,12 @@ class FilesStub:
     e.g. the POST /beta/files id of a file added to a pipeline) of the newest such parsed file.
     """
     ListPageImages: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListPageImagesRequest, _files_pb2.ListPageImagesResponse]
+    ListEngineDrops: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListEngineDropsRequest, _files_pb2.ListEngineDropsResponse]
+    """Engine drops: a deleted index's chunks still to be removed from dense and sparse. DeleteIndex
+    records one in its transaction; whoever drops the engines' data (the gateway at once, an
+    ingest worker later for what the gateway could not finish) completes it.
+    """
+    CompleteEngineDrop: _grpc.UnaryUnaryMultiCallable[_files_pb2.CompleteEngineDropRequest, _files_pb2.Empty]
 
 @_typing.type_check_only
 class FilesAsyncStub(FilesStub):
@@ -177,6 +183,12 @@ class FilesAsyncStub(FilesStub):
     e.g. the POST /beta/files id of a file added to a pipeline) of the newest such parsed file.
     """
     ListPageImages: _aio.UnaryUnaryMultiCallable[_files_pb2.ListPageImagesRequest, _files_pb2.ListPageImagesResponse]  # type: ignore[assignment]
+    ListEngineDrops: _aio.UnaryUnaryMultiCallable[_files_pb2.ListEngineDropsRequest, _files_pb2.ListEngineDropsResponse]  # type: ignore[assignment]
+    """Engine drops: a deleted index's chunks still to be removed from dense and sparse. DeleteIndex
+    records one in its transaction; whoever drops the engines' data (the gateway at once, an
+    ingest worker later for what the gateway could not finish) completes it.
+    """
+    CompleteEngineDrop: _aio.UnaryUnaryMultiCallable[_files_pb2.CompleteEngineDropRequest, _files_pb2.Empty]  # type: ignore[assignment]
 
 class FilesServicer(metaclass=_abc_1.ABCMeta):
     """The catalog (projects, API keys, directories, uploaded files, indexes, sync jobs), the
@@ -465,5 +477,23 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request: _files_pb2.ListPageImagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.ListPageImagesResponse, _abc.Awaitable[_files_pb2.ListPageImagesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEngineDrops(
+        self,
+        request: _files_pb2.ListEngineDropsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ListEngineDropsResponse, _abc.Awaitable[_files_pb2.ListEngineDropsResponse]]:
+        """Engine drops: a deleted index's chunks still to be removed from dense and sparse. DeleteIndex
+        records one in its transaction; whoever drops the engines' data (the gateway at once, an
+        ingest worker later for what the gateway could not finish) completes it.
+        """
+
+    @_abc_1.abstractmethod
+    def CompleteEngineDrop(
+        self,
+        request: _files_pb2.CompleteEngineDropRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Empty, _abc.Awaitable[_files_pb2.Empty]]: ...
 
 def add_FilesServicer_to_server(servicer: FilesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
