@@ -39,6 +39,19 @@ def directory_file(f: files_pb2.DirectoryFile) -> models.DirectoryFile:
     )
 
 
+#: A finished sync in which some files failed (their reasons are in ``sync_progress.failures``).
+PARTIALLY_SUCCEEDED = "partially_succeeded"
+
+
+def sync_status(i: files_pb2.Index) -> str | None:
+    """The last sync's status; a sync that finished with failed files is ``partially_succeeded``."""
+    if not i.HasField("last_job"):
+        return None
+    if i.last_job.status == "succeeded" and i.last_job_failed_items:
+        return PARTIALLY_SUCCEEDED
+    return i.last_job.status
+
+
 def index(i: files_pb2.Index, *, expand_sync: bool = False) -> models.Index:
     job = i.last_job if i.HasField("last_job") else None
     return models.Index(
@@ -50,10 +63,12 @@ def index(i: files_pb2.Index, *, expand_sync: bool = False) -> models.Index:
         last_synced_at=_opt(i.last_synced_at), description=_opt(i.description),
         metadata=_meta(i.metadata_json),
         sync_in_progress=i.sync_in_progress if expand_sync else None,
-        sync_status=job.status if job else None,
+        sync_status=sync_status(i),
         sync_progress=(
             {"job_id": job.id, "total_items": job.total_items, "done_items": job.done_items,
-             "error": job.error or None}
+             "failed_items": i.last_job_failed_items, "error": job.error or None,
+             "failures": [{"directory_file_id": f.source_file_id, "file_name": f.file_name, "error": f.error}
+                          for f in i.last_job_failures]}
             if job else None
         ),
     )

@@ -24,7 +24,6 @@ console = Console(stderr=True)
 
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_INDEX = "sample"
-SUPPORTED = {".txt", ".text", ".md", ".markdown", ".html", ".htm", ".pdf"}
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="QUARRY_DATA_DIR", help="Where every index lives")]
 Url = Annotated[str, typer.Option("--url", envvar="QUARRY_URL", help="Gateway base URL")]
 ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="QUARRY_API_KEY", show_default=False)]
@@ -81,8 +80,8 @@ class Client:
                 done = (index.get("sync_progress") or {}).get("done_items", 0)
                 total = (index.get("sync_progress") or {}).get("total_items", 0)
                 progress.update(task, completed=done, total=max(total, 1))
-                if status in ("succeeded", "failed", "cancelled"):
-                    if status != "succeeded":
+                if status in ("succeeded", "partially_succeeded", "failed", "cancelled"):
+                    if status not in ("succeeded", "partially_succeeded"):
                         raise typer.BadParameter(f"sync {status}: {(index.get('sync_progress') or {}).get('error')}")
                     return index  # type: ignore[no-any-return]
                 time.sleep(0.3)
@@ -94,9 +93,33 @@ class Client:
 
 
 def _files(path: Path) -> list[Path]:
+    """Every file under ``path`` (hidden ones excepted): the server decides what it can parse and
+    reports the rest as failed, so nothing is skipped silently."""
     if path.is_file():
         return [path]
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
+    return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+#: ``quarry ingest`` exit status when the sync finished but some files failed to index.
+EXIT_FILES_FAILED = 4
+
+
+def print_failures(index: dict[str, Any]) -> int:
+    """The table of files the last sync could not index; returns how many failed."""
+    progress = index.get("sync_progress") or {}
+    failures = progress.get("failures") or []
+    failed = int(progress.get("failed_items") or 0)
+    if not failed:
+        return 0
+    table = Table(title=f"{failed} file(s) could not be indexed", title_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for f in failures:
+        table.add_row(f.get("file_name") or f.get("directory_file_id", ""), f.get("error", ""))
+    if failed > len(failures):
+        table.add_row(f"… and {failed - len(failures)} more", "")
+    console.print(table)
+    return failed
 
 
 def _key(api_key: str | None, data_dir: Path) -> str:
@@ -173,19 +196,25 @@ def up(
 
 @app.command()
 def ingest(
-    path: Annotated[Path, typer.Argument(exists=True, help="A file or folder (txt, md, html, pdf)")],
+    path: Annotated[Path, typer.Argument(exists=True, help="A file or a folder of files")],
     index: Annotated[str, typer.Option("--index", help="Index name (created if missing)")],
     url: Url = "http://127.0.0.1:8000",
     api_key: ApiKey = None,
     data_dir: DataDir = Path(".quarry"),
 ) -> None:
-    """Upload files through the HTTP API, sync the index and wait until it is ready."""
+    """Upload files through the HTTP API, sync the index and wait until it is ready.
+
+    Exits with 4 when the sync finished but some files could not be indexed (they are listed).
+    """
     files = _files(path)
     if not files:
-        raise typer.BadParameter(f"no supported files under {path}")
+        raise typer.BadParameter(f"no files under {path}")
     client = Client(url, _key(api_key, data_dir))
     console.print(f"uploading {len(files)} file(s) to index '{index}'")
     result = client.ingest(files, index)
+    if print_failures(result):
+        console.print(f"[yellow]index '{index}' ready without the files above[/] ({result['id']})")
+        raise typer.Exit(EXIT_FILES_FAILED)
     console.print(f"[green]index '{index}' ready[/] ({result['id']})")
 
 

@@ -84,8 +84,11 @@ def pipeline_status(i: files_pb2.Index) -> lm.IngestionStatusResponse:
     elif job.status == "succeeded":
         status = "PARTIAL_SUCCESS" if i.last_job_failed_items else "SUCCESS"
         if i.last_job_failed_items:
-            errors = [lm.StatusError(job_id=job.id, message=f"{i.last_job_failed_items} file(s) failed",
-                                     step="ingest")]
+            errors = [lm.StatusError(job_id=job.id, message=f"{f.unique_id or f.file_name}: {f.error}", step="ingest")
+                      for f in i.last_job_failures]
+            if i.last_job_failed_items > len(errors):
+                errors.append(lm.StatusError(job_id=job.id, step="ingest",
+                                             message=f"{i.last_job_failed_items - len(errors)} more file(s) failed"))
     elif job.status == "cancelled":
         status = "CANCELLED"
     else:

@@ -76,6 +76,20 @@ class Job:
     finished_at: datetime | None
 
 
+#: Failed files an index reports with its last job (the count is always complete).
+MAX_LISTED_FAILURES = 50
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """A source file a job could not index, and why (the job item's error)."""
+
+    source_file_id: str
+    file_name: str
+    unique_id: str
+    error: str
+
+
 @dataclass(frozen=True)
 class Index:
     id: str
@@ -95,6 +109,8 @@ class Index:
     config_json: str = "{}"
     # Items of ``last_job`` whose error is non-empty.
     last_job_failed_items: int = 0
+    # The first of them (up to ``MAX_LISTED_FAILURES``), with the file and the reason.
+    last_job_failures: tuple[JobFailure, ...] = ()
 
 
 @dataclass(frozen=True)

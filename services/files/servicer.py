@@ -40,12 +40,13 @@ MESSAGES: dict[type, type[Message]] = {
     d.PageImage: pb.PageImage,
     d.PreparedFile: pb.PrepareParsedFileResponse,
     d.EngineDrop: pb.EngineDrop,
+    d.JobFailure: pb.JobFailure,
 }
 
 
 def to_pb(obj: Any) -> Any:
     """The message for a domain dataclass: field by field, datetimes as RFC 3339, nested dataclasses
-    converted, None left unset ("" for a timestamp, absent for a message)."""
+    (and tuples of them) converted, None left unset ("" for a timestamp, absent for a message)."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -55,6 +56,8 @@ def to_pb(obj: Any) -> Any:
             value = rfc3339(value)
         elif type(value) in MESSAGES:
             value = to_pb(value)
+        elif isinstance(value, tuple):
+            value = [to_pb(v) if type(v) in MESSAGES else v for v in value]
         values[f.name] = value
     return MESSAGES[type(obj)](**values)
 

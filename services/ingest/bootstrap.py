@@ -49,4 +49,8 @@ def bootstrap(settings: IngestSettings) -> IngestApp:
             return False
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
-    return IngestApp(worker=worker, ready=ready, close=channels.close)
+    async def close() -> None:
+        worker.close()
+        await channels.close()
+
+    return IngestApp(worker=worker, ready=ready, close=close)

@@ -21,7 +21,7 @@ from pathlib import PurePosixPath
 
 import pypdfium2 as pdfium
 from bs4 import BeautifulSoup
-from bs4.element import NavigableString, Tag
+from bs4.element import CData, NavigableString, PageElement, Tag
 
 from services.common.domain import DOCUMENT_CONTENT_TYPE
 
@@ -34,7 +34,24 @@ _MAX_REPLACEMENT_RATIO = 0.02
 
 
 class ParseError(Exception):
-    """The file cannot be turned into text (unsupported type, corrupt or encrypted)."""
+    """The file cannot be turned into text (unsupported type, corrupt or encrypted, over a limit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """What one file may cost to parse; a file over a limit fails with the limit in its error.
+
+    ``max_bytes``, ``max_pages``, ``max_text_chars`` and ``max_html_depth`` are checked here;
+    ``timeout_seconds`` and ``memory_mb`` by the process that runs the parser (``sandbox``),
+    since only a process can be stopped in the middle of a runaway parse.
+    """
+
+    max_bytes: int = 100 * 1024 * 1024
+    max_pages: int = 2000
+    max_text_chars: int = 20_000_000
+    max_html_depth: int = 256
+    timeout_seconds: float = 60.0
+    memory_mb: int = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +91,38 @@ _BINARY_EXTENSIONS = frozenset({
 })
 
 
-def parse(content: bytes, file_name: str = "", content_type: str = "") -> ParsedDocument:
+def parse(content: bytes, file_name: str = "", content_type: str = "",
+          limits: ParseLimits | None = None) -> ParsedDocument:
     """Parse ``content``, choosing the format by file extension, then content type, then sniffing.
 
-    Raises ``ParseError`` for unsupported binary formats and unreadable PDFs.
+    Raises ``ParseError`` for unsupported binary formats, unreadable PDFs, and files over
+    ``limits`` (bytes, PDF pages, extracted text, HTML nesting).
     """
+    limits = limits or ParseLimits()
+    check_size(content, limits)
     kind = _detect(content, file_name, content_type)
-    return replace(_PARSERS[kind](content), kind=kind)
+    document = replace(_PARSERS[kind](content, limits), kind=kind)
+    _check_text(len(document.text), limits)
+    return document
+
+
+def check_size(content: bytes, limits: ParseLimits) -> None:
+    """``ParseError`` when the file is over ``limits.max_bytes``."""
+    if len(content) > limits.max_bytes:
+        raise ParseError(f"file too large: {_size(len(content))} > the {_size(limits.max_bytes)} limit")
+
+
+def _check_text(chars: int, limits: ParseLimits) -> None:
+    if chars > limits.max_text_chars:
+        raise ParseError(f"extracted text too long: {chars:,} characters > the {limits.max_text_chars:,} limit")
+
+
+def _size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / 1024 / 1024:.1f} MB"
+    if size >= 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size} bytes"
 
 
 def _detect(content: bytes, file_name: str, content_type: str) -> str:
@@ -137,7 +179,7 @@ def normalize_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
 
 
-def _parse_text(content: bytes) -> ParsedDocument:
+def _parse_text(content: bytes, limits: ParseLimits) -> ParsedDocument:
     return ParsedDocument(decode_text(content))
 
 
@@ -160,39 +202,20 @@ _HSPACE = re.compile(r"[^\S\n]+")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 
 
-def _parse_html(content: bytes) -> ParsedDocument:
+def _parse_html(content: bytes, limits: ParseLimits) -> ParsedDocument:
+    scanned = _tag_depth(content, limits.max_html_depth)
+    if scanned > limits.max_html_depth:  # before the tree is built: a deep one is slow to build
+        raise ParseError(f"HTML nested too deeply: over {limits.max_html_depth} levels")
     with warnings.catch_warnings():
         # bs4 warns about markup that looks like a URL or like XML; neither matters here.
         warnings.simplefilter("ignore")
-        soup = BeautifulSoup(content, "html.parser")
+        soup = BeautifulSoup(content, "lxml")
+    depth = _depth(soup)
+    if depth > limits.max_html_depth:
+        raise ParseError(f"HTML nested too deeply: {depth} levels > the {limits.max_html_depth} limit")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    for name in _DROPPED_TAGS:
-        for tag in soup.find_all(name):
-            tag.decompose()
-    # Preformatted text keeps its spacing: set it aside behind a marker until the rest is tidied.
     preformatted: list[str] = []
-    for tag in soup.find_all(_PRESERVE_TAGS):
-        if isinstance(tag, Tag) and tag.find_parent(_PRESERVE_TAGS) is None:
-            preformatted.append(normalize_newlines(tag.get_text()).strip("\n"))
-            tag.clear()
-            tag.append(f"{_MARK_OPEN}{len(preformatted) - 1}{_MARK_CLOSE}")
-    # Elsewhere whitespace in HTML text is insignificant: line breaks come from markup only.
-    for string in soup.find_all(string=True):
-        if type(string) is NavigableString:
-            string.replace_with(_ANY_SPACE.sub(" ", string))
-    for tag in soup.find_all(True):
-        if not isinstance(tag, Tag):
-            continue
-        if tag.name == "br":
-            tag.replace_with("\n")
-        elif tag.name in _BLOCK_TAGS:
-            tag.insert_before("\n")
-            tag.insert_after("\n")
-        elif tag.name in _LINE_TAGS:
-            tag.insert_before("\n")
-        elif tag.name in _CELL_TAGS:
-            tag.insert_after(" ")
-    raw = normalize_newlines(soup.get_text())
+    raw = normalize_newlines(_visible_text(soup, preformatted))
     lines = [_HSPACE.sub(" ", line).strip() for line in raw.split("\n")]
     body = _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip("\n")
     body = _MARKER.sub(lambda m: preformatted[int(m.group(1))], body)
@@ -203,19 +226,109 @@ def _parse_html(content: bytes) -> ParsedDocument:
     return ParsedDocument(body)
 
 
+_TAG = re.compile(rb"<(/?)([A-Za-z][A-Za-z0-9:-]*)[^>]*?(/?)>")
+#: Elements that never hold children, and those whose end tag may be left out (HTML's rules):
+#: neither can be told to nest by counting tags.
+_VOID = frozenset(b"area base br col embed hr img input link meta param source track wbr".split())
+_OPTIONAL_END = frozenset(
+    b"html head body p li dt dd tr td th option optgroup thead tbody tfoot colgroup caption rb rt rp".split()
+)
+
+
+def _visible_text(soup: BeautifulSoup, preformatted: list[str]) -> str:
+    """The document's visible text in one pass over the tree (no edits to it, so it stays linear
+    in the document's size): dropped elements skipped, whitespace in text collapsed (line breaks
+    come from markup only), a line break around blocks and before line elements, a space after
+    cells; preformatted elements are set aside in ``preformatted`` behind a marker, so their
+    spacing survives the tidying of the rest."""
+    out: list[str] = []
+    stack: list[PageElement | _Closing] = [soup]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _Closing):
+            out.append(node.text)
+        elif isinstance(node, Tag):
+            name = node.name
+            if name in _DROPPED_TAGS:
+                continue
+            if name == "br":
+                out.append("\n")
+                continue
+            if name in _PRESERVE_TAGS:
+                preformatted.append(normalize_newlines(node.get_text()).strip("\n"))
+                edge = "\n" if name in _BLOCK_TAGS else ""
+                out += [edge, f"{_MARK_OPEN}{len(preformatted) - 1}{_MARK_CLOSE}", edge]
+                continue
+            if name in _BLOCK_TAGS:
+                out.append("\n")
+                stack.append(_Closing("\n"))
+            elif name in _LINE_TAGS:
+                out.append("\n")
+            elif name in _CELL_TAGS:
+                stack.append(_Closing(" "))
+            stack.extend(reversed(node.contents))
+        elif type(node) is NavigableString:
+            out.append(_ANY_SPACE.sub(" ", node))
+        elif isinstance(node, CData):
+            out.append(str(node))
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Closing:
+    """Text to emit after an element's children (the walk's end-of-element event)."""
+
+    text: str
+
+
+def _tag_depth(content: bytes, stop_above: int) -> int:
+    """An estimate of the element nesting from the tags alone, up to the first depth over
+    ``stop_above`` (a fast check: elements with optional end tags are not counted)."""
+    depth = deepest = 0
+    for match in _TAG.finditer(content):
+        closing, name, self_closing = match.group(1), match.group(2).lower(), match.group(3)
+        if name in _VOID or name in _OPTIONAL_END or self_closing:
+            continue
+        depth = max(0, depth - 1) if closing else depth + 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > stop_above:
+                break
+    return deepest
+
+
+def _depth(soup: BeautifulSoup) -> int:
+    """The deepest element nesting of the parsed tree (iteratively: a deep tree must not recurse)."""
+    deepest = 0
+    stack: list[tuple[Tag, int]] = [(soup, 0)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node.contents if isinstance(child, Tag))
+    return deepest
+
+
 #: pdfium is not thread-safe, and parsing and rendering run in worker threads (asyncio.to_thread):
 #: every pdfium call of this process holds this lock.
 PDFIUM_LOCK = threading.Lock()
 
 
-def _parse_pdf(content: bytes) -> ParsedDocument:
+def _parse_pdf(content: bytes, limits: ParseLimits) -> ParsedDocument:
     with PDFIUM_LOCK:
         try:
             document = pdfium.PdfDocument(content)
         except pdfium.PdfiumError as exc:
             raise ParseError(f"unreadable PDF: {exc}") from exc
         try:
-            page_texts = [_pdf_page_text(document, i) for i in range(len(document))]
+            if len(document) > limits.max_pages:
+                raise ParseError(f"PDF has {len(document):,} pages > the {limits.max_pages:,} page limit")
+            page_texts: list[str] = []
+            chars = 0
+            for i in range(len(document)):
+                page_texts.append(_pdf_page_text(document, i))
+                chars += len(page_texts[-1]) + len(PAGE_SEPARATOR)
+                # Checked page by page: an inflated PDF is stopped at the first page over the limit.
+                _check_text(chars - len(PAGE_SEPARATOR), limits)
         except pdfium.PdfiumError as exc:
             raise ParseError(f"unreadable PDF page: {exc}") from exc
         finally:
@@ -252,7 +365,7 @@ def _pdf_page_text(document: pdfium.PdfDocument, index: int) -> str:
     return "\n".join(line.rstrip() for line in cleaned.split("\n")).strip()
 
 
-_PARSERS: dict[str, Callable[[bytes], ParsedDocument]] = {
+_PARSERS: dict[str, Callable[[bytes, ParseLimits], ParsedDocument]] = {
     "text": _parse_text,
     "markdown": _parse_text,
     "html": _parse_html,

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.ingest.parsing import ParseLimits
 
 
 def default_worker_id() -> str:
@@ -44,6 +45,19 @@ class IngestSettings(ServiceSettings):
     retry_attempts: int = Field(default=6, ge=1, description="attempts per call on UNAVAILABLE")
     retry_initial_backoff: float = Field(default=0.2, ge=0)
     retry_max_backoff: float = Field(default=5.0, ge=0)
+    parse_workers: int = Field(default=2, ge=1, le=64, description="processes that parse files")
+    max_file_bytes: int = Field(default=100 * 1024 * 1024, ge=1024, description="larger files fail, unparsed")
+    max_pages: int = Field(default=2000, ge=1, description="PDFs with more pages fail")
+    max_text_chars: int = Field(
+        default=20_000_000, ge=1000, description="files whose extracted text is longer fail (inflated PDFs)"
+    )
+    max_html_depth: int = Field(default=256, ge=8, description="HTML nested deeper fails")
+    parse_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="a file's parse is stopped (its process killed) after this"
+    )
+    parse_memory_mb: int = Field(
+        default=2048, ge=256, description="address space of a parsing process; a file needing more fails"
+    )
     engine_drop_min_age_seconds: float = Field(
         default=30.0, ge=0,
         description="deleted indexes whose chunks a gateway has not dropped after this long are dropped by a worker",
@@ -59,6 +73,12 @@ class IngestSettings(ServiceSettings):
         default=3 * 1024 * 1024, ge=1024,
         description="PNG bytes per PutPageImages call at most (a larger page goes alone)",
     )
+
+    def parse_limits(self) -> ParseLimits:
+        """The per-file limits the parsing processes enforce."""
+        return ParseLimits(max_bytes=self.max_file_bytes, max_pages=self.max_pages,
+                           max_text_chars=self.max_text_chars, max_html_depth=self.max_html_depth,
+                           timeout_seconds=self.parse_timeout_seconds, memory_mb=self.parse_memory_mb)
 
     @model_validator(mode="after")
     def _overlap_below_half(self) -> IngestSettings:

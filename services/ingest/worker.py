@@ -44,7 +44,8 @@ from services.common.convert import chunk_to_pb
 from services.common.domain import Chunk, MetaValue, chunk_id, files_index_id
 from services.ingest.cards import build_file_card
 from services.ingest.chunking import ChunkingOptions, TextChunk, chunk_text
-from services.ingest.parsing import ParsedDocument, ParseError, parse
+from services.ingest.parsing import ParsedDocument, ParseError
+from services.ingest.sandbox import ParseSandbox
 from services.ingest.screenshots import PNG_CONTENT_TYPE, PageImage, PdfPageRenderer, batch_by_size
 from services.ingest.settings import IngestSettings
 
@@ -205,6 +206,7 @@ class IngestWorker:
         dense: dense_pb2_grpc.DenseSearchStub,
         sparse: sparse_pb2_grpc.SparseSearchStub,
         tokenizer: Tokenizer | None = None,
+        sandbox: ParseSandbox | None = None,
     ) -> None:
         self._s = settings
         self._files = files
@@ -212,6 +214,20 @@ class IngestWorker:
         self._sparse = sparse
         self._tokenizer = tokenizer
         self._chunking = ChunkingOptions(settings.chunk_size, settings.chunk_overlap)
+        self._sandbox = sandbox
+
+    @property
+    def sandbox(self) -> ParseSandbox:
+        """The parsing processes (started on first use, under the settings' limits)."""
+        if self._sandbox is None:
+            self._sandbox = ParseSandbox(self._s.parse_limits(), self._s.parse_workers)
+        return self._sandbox
+
+    def close(self) -> None:
+        """Stop the parsing processes."""
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
 
     @property
     def worker_id(self) -> str:
@@ -417,10 +433,10 @@ class IngestWorker:
             return None
         meta = source.file
         try:
-            document = await asyncio.to_thread(parse, source.content, meta.display_name, meta.content_type)
+            document = await self.sandbox.parse(source.content, meta.display_name, meta.content_type)
         except ParseError as exc:
-            log.info("cannot parse %s: %s", meta.display_name, exc, extra={"job_id": job.id})
-            await self._complete(job, item, error=f"parse error: {exc}")
+            log.warning("file %s failed: %s", meta.display_name, exc, extra={"job_id": job.id})
+            await self._complete(job, item, error=str(exc))
             return None
         prepared = await self._call(
             "PrepareParsedFile",

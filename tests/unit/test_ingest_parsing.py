@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.ingest.parsing import PAGE_SEPARATOR, Page, ParsedDocument, ParseError, parse
+from services.ingest.parsing import PAGE_SEPARATOR, Page, ParsedDocument, ParseError, ParseLimits, parse
 from tests.fixtures.ingest.pdf_builder import build_pdf
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ingest"
@@ -139,3 +139,32 @@ def test_corrupt_pdf_is_a_parse_error() -> None:
 def test_unsupported_binary_is_a_clear_parse_error(content: bytes, name: str, content_type: str) -> None:
     with pytest.raises(ParseError, match="unsupported"):
         parse(content, name, content_type)
+
+
+# -- per-file limits ------------------------------------------------------------------------------
+
+
+def test_limits_fail_a_file_with_the_limit_in_the_reason() -> None:
+    limits = ParseLimits(max_bytes=1000, max_pages=3, max_text_chars=50, max_html_depth=20)
+    with pytest.raises(ParseError, match="file too large: 1001 bytes > the 1000 bytes limit"):
+        parse(b"x" * 1001, "a.txt", limits=limits)
+    with pytest.raises(ParseError, match="PDF has 4 pages > the 3 page limit"):
+        parse(build_pdf([["p"]] * 4), "a.pdf", limits=ParseLimits(max_pages=3))
+    with pytest.raises(ParseError, match="extracted text too long: 60 characters > the 50 limit"):
+        parse(b"y" * 60, "a.txt", limits=limits)
+    with pytest.raises(ParseError, match="HTML nested too deeply: over 20 levels"):
+        parse(b"<div>" * 21 + b"deep", "a.html", limits=limits)
+
+
+def test_the_html_depth_is_checked_on_the_tree_too() -> None:
+    """Elements with optional end tags are not counted by the fast scan; the built tree is."""
+    deep = b"<section>" * 10 + b"<ul><li>" * 12 + b"text"
+    with pytest.raises(ParseError, match="nested too deeply: 3"):
+        parse(deep, "a.html", limits=ParseLimits(max_html_depth=30))
+
+
+def test_unclosed_paragraphs_are_siblings_not_a_deep_tree() -> None:
+    """HTML implies the end of a <p> at the next one: 50,000 of them parse flat and fast."""
+    html = b"<html><body>" + b"<p>para <b>bold</b> text" * 50_000 + b"</body></html>"
+    document = parse(html, "old.html")
+    assert document.text.count("para bold text") == 50_000

@@ -40,6 +40,7 @@ class Harness:
         self.fakes = fakes
         self.files, self.dense, self.sparse = fakes.files, fakes.dense, fakes.sparse
         self._channels: list[grpc.aio.Channel] = []
+        self._workers: list[IngestWorker] = []
 
     def settings(self, **overrides: Any) -> IngestSettings:
         values: dict[str, Any] = {
@@ -53,15 +54,19 @@ class Harness:
         settings = self.settings(**overrides)
         chans = [channel(address, AUTH) for address in (settings.files_addr, settings.dense_addr, settings.sparse_addr)]
         self._channels.extend(chans)
-        return IngestWorker(
+        worker = IngestWorker(
             settings,
             files_pb2_grpc.FilesStub(chans[0]),
             dense_pb2_grpc.DenseSearchStub(chans[1]),
             sparse_pb2_grpc.SparseSearchStub(chans[2]),
             tokenizer=piece_tokenizer(),
         )
+        self._workers.append(worker)
+        return worker
 
     async def close(self) -> None:
+        for worker in self._workers:
+            worker.close()
         for chan in self._channels:
             await chan.close()
         await self.fakes.stop()

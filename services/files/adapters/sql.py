@@ -301,10 +301,12 @@ def _file(row: Row[Any], content: bytes = b"") -> d.DirectoryFile:
     return _from_row(d.DirectoryFile, row, file_id=row.blob_id or "", content=content)
 
 
-def _to_index(row: Row[Any], last_job: d.Job | None, failed_items: int) -> d.Index:
+def _to_index(row: Row[Any], last_job: d.Job | None, failed_items: int,
+              failures: tuple[d.JobFailure, ...] = ()) -> d.Index:
     active = last_job is not None and last_job.status in d.ACTIVE_JOB_STATUSES
     return _from_row(
-        d.Index, row, sync_in_progress=active, last_job=last_job, last_job_failed_items=failed_items
+        d.Index, row, sync_in_progress=active, last_job=last_job, last_job_failed_items=failed_items,
+        last_job_failures=failures,
     )
 
 
@@ -848,9 +850,27 @@ class SqlCatalog:
                 .group_by(job_items.c.job_id)
             )
             failed = {job_id: n for job_id, n in counts}
+        listed = await self._failures(conn, [j.id for j in last.values() if failed.get(j.id)])
         return [
-            _to_index(r, last.get(r.id), failed.get(last[r.id].id, 0) if r.id in last else 0) for r in rows
+            _to_index(r, last.get(r.id), failed.get(last[r.id].id, 0) if r.id in last else 0,
+                      listed.get(last[r.id].id, ()) if r.id in last else ())
+            for r in rows
         ]
+
+    async def _failures(self, conn: AsyncConnection, job_ids: Sequence[str]) -> dict[str, tuple[d.JobFailure, ...]]:
+        """The first ``MAX_LISTED_FAILURES`` failed items of each job, with their source file."""
+        out: dict[str, list[d.JobFailure]] = {}
+        for job_id in job_ids:
+            rows = await conn.execute(
+                select(job_items.c.job_id, job_items.c.source_file_id, job_items.c.error,
+                       directory_files.c.display_name, directory_files.c.unique_id)
+                .outerjoin(directory_files, directory_files.c.id == job_items.c.source_file_id)
+                .where(job_items.c.job_id == job_id, job_items.c.error != "")
+                .order_by(job_items.c.seq).limit(d.MAX_LISTED_FAILURES)
+            )
+            out[job_id] = [d.JobFailure(r.source_file_id, r.display_name or "", r.unique_id or "", r.error)
+                           for r in rows]
+        return {k: tuple(v) for k, v in out.items()}
 
     async def _index(self, conn: AsyncConnection, row: Row[Any]) -> d.Index:
         [index] = await self._indexes(conn, [row])

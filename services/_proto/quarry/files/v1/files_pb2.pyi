@@ -34,6 +34,34 @@ class Empty(_message.Message):
 Global___Empty: _TypeAlias = Empty  # noqa: Y015
 
 @_typing.final
+class JobFailure(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FILE_ID_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    UNIQUE_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    source_file_id: _builtins.str
+    file_name: _builtins.str
+    unique_id: _builtins.str
+    error: _builtins.str
+    def __init__(
+        self,
+        *,
+        source_file_id: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        unique_id: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "file_name", b"file_name", "source_file_id", b"source_file_id", "unique_id", b"unique_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobFailure: _TypeAlias = JobFailure  # noqa: Y015
+
+@_typing.final
 class EngineDrop(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -723,6 +751,7 @@ class Index(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
     LAST_JOB_FAILED_ITEMS_FIELD_NUMBER: _builtins.int
+    LAST_JOB_FAILURES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     project_id: _builtins.str
     name: _builtins.str
@@ -748,6 +777,10 @@ class Index(_message.Message):
     def last_job(self) -> Global___Job:
         """The most recent sync job, if any."""
 
+    @_builtins.property
+    def last_job_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobFailure]:
+        """The first failed items of last_job (at most 50), with the file and the reason."""
+
     def __init__(
         self,
         *,
@@ -767,10 +800,11 @@ class Index(_message.Message):
         kind: _builtins.str = ...,
         config_json: _builtins.str = ...,
         last_job_failed_items: _builtins.int = ...,
+        last_job_failures: _abc.Iterable[Global___JobFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_job", b"last_job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "created_at", b"created_at", "description", b"description", "generation", b"generation", "id", b"id", "kind", b"kind", "last_job", b"last_job", "last_job_failed_items", b"last_job_failed_items", "last_synced_at", b"last_synced_at", "metadata_json", b"metadata_json", "name", b"name", "output_directory_id", b"output_directory_id", "project_id", b"project_id", "source_directory_id", b"source_directory_id", "sync_in_progress", b"sync_in_progress", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "created_at", b"created_at", "description", b"description", "generation", b"generation", "id", b"id", "kind", b"kind", "last_job", b"last_job", "last_job_failed_items", b"last_job_failed_items", "last_job_failures", b"last_job_failures", "last_synced_at", b"last_synced_at", "metadata_json", b"metadata_json", "name", b"name", "output_directory_id", b"output_directory_id", "project_id", b"project_id", "source_directory_id", b"source_directory_id", "sync_in_progress", b"sync_in_progress", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
