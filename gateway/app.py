@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -108,10 +109,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         """Ready when the gateway can answer a retrieve: files (auth, catalog) and at least one leg.
         A reranker or one leg down only degrades answers, so it does not take the gateway out;
         ``down`` names every component that is not serving either way."""
-        health = await request.app.state.backends.health()
+        backends = request.app.state.backends
+        health, damaged = await asyncio.gather(backends.health(), backends.damaged_indexes())
         serving = {name for name, v in health.items() if v == "SERVING"}
         ok = "files" in serving and bool(serving & {"dense", "sparse"})
         down = sorted(set(health) - serving)
-        return JSONResponse({"ready": ok, "down": down, "backends": health}, status_code=200 if ok else 503)
+        body = {"ready": ok, "down": down, "backends": health, "damaged_indexes": {"sparse": sorted(damaged or {})}}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

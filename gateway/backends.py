@@ -98,6 +98,14 @@ class Backends:
         )
         return list(response.scores)
 
+    async def damaged_indexes(self, timeout: float = 1.0) -> dict[str, str] | None:
+        """The keyword indexes sparse cannot read, with the reason; ``None`` when it does not answer."""
+        try:
+            response = await self.sparse.ListDamaged(sparse_pb2.ListDamagedRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return {d.index_id: d.reason for d in response.indexes}
+
     async def drop_index(self, index_id: str, timeout: float) -> None:
         """Drop an index's chunks and its file cards (``files_index_id``) from both engines."""
         ids = (index_id, files_index_id(index_id))

@@ -270,6 +270,9 @@ class Index(_Response):
     # Quarry extensions: the last sync job's progress.
     sync_status: str | None = None
     sync_progress: dict[str, Any] | None = None
+    #: Per engine, "ok", "damaged: <reason>" (rebuild with POST .../rebuild) or "unknown" (the
+    #: engine did not answer); only on GET of one index.
+    engine_health: dict[str, str] | None = None
 
 
 class IndexPage(_Response):
@@ -284,3 +287,11 @@ class SyncResponse(_Response):
     status: str
     total_items: int
     done_items: int
+    #: "sync" or "rebuild".
+    kind: str = "sync"
+
+
+class RebuildRequest(_Request):
+    """Which engines to re-index from the stored parsed texts (both when omitted)."""
+
+    engines: list[Literal["dense", "sparse"]] | None = Field(default=None, min_length=1)

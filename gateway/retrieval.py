@@ -1,8 +1,9 @@
 """The retrieve use case: fan out to the legs, fuse, rerank, cut, shape.
 
-Degradation policy: when one leg fails with UNAVAILABLE or a timeout and the other answered,
-the response carries the other leg's results and says so in ``degraded``; when every leg
-fails, the error propagates. A failing or slow reranker degrades to the fused order.
+Degradation policy: when one leg fails with UNAVAILABLE, a timeout, or DATA_LOSS (its index is
+damaged) and the other answered, the response carries the other leg's results and says so in
+``degraded``; when every leg fails, the error propagates. A failing or slow reranker degrades
+to the fused order.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from services.common.domain import Chunk, FilterNode
 
 log = logging.getLogger(__name__)
 
-_DEGRADABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_DEGRADABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+               grpc.StatusCode.DATA_LOSS}
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,12 @@ async def run_legs(backends: Backends, plan: Plan, budget: Budget) -> tuple[dict
             continue
         if not answered or not _degradable(exc):
             raise exc  # type: ignore[misc]
-        degraded.append(f"{name} leg failed ({_describe(exc)}); {next(iter(answered))}-only results")
+        other = next(iter(answered))
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DATA_LOSS:
+            degraded.append(f"{name} index damaged; {other}-only results until it is rebuilt "
+                            f"(POST /api/v1/indexes/{plan.index_id}/rebuild)")
+        else:
+            degraded.append(f"{name} leg failed ({_describe(exc)}); {other}-only results")
         log.warning("%s leg degraded: %s", name, _describe(exc))
     return answered, degraded
 

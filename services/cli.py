@@ -236,6 +236,31 @@ def query(
     print_results(client.query(found["id"], text, top_k, rerank))
 
 
+index_app = typer.Typer(no_args_is_help=True, help="Indexes of the project")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("rebuild")
+def index_rebuild(
+    name: Annotated[str, typer.Argument(help="Index name")],
+    engines: Annotated[list[str] | None, typer.Option("--engine", help="dense or sparse; repeatable")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+) -> None:
+    """Re-index an index's stored parsed texts into its engines (a damaged keyword index), and wait."""
+    client = Client(url, _key(api_key, data_dir))
+    index = client.index_by_name(name)
+    if index is None:
+        raise typer.BadParameter(f"no index named {name!r}")
+    job = client.call("POST", f"/api/v1/indexes/{index['id']}/rebuild", json={"engines": engines or None})
+    console.print(f"rebuilding {', '.join(engines or ['dense', 'sparse'])} of index '{name}' "
+                  f"from {job['total_items']} parsed file(s)")
+    result = client.wait(index["id"], job, show=True)
+    print_failures(result)
+    console.print(f"[green]index '{name}' rebuilt[/]")
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks through the public API (needs the `bench` extra)")
 app.add_typer(bench_app, name="bench")
 WorkDir = Annotated[Path | None, typer.Option(

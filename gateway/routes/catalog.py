@@ -251,7 +251,11 @@ async def get_index(
     index_id: str, request: Request, project: Project, expand: Annotated[list[str] | None, Query()] = None
 ) -> models.Index:
     i = await resolve_index(request, project, index_id)
-    return shaping.index(i, expand_sync="sync_in_progress" in (expand or []))
+    shaped = shaping.index(i, expand_sync="sync_in_progress" in (expand or []))
+    damaged = await request.app.state.backends.damaged_indexes()
+    sparse = "unknown" if damaged is None else (f"damaged: {damaged[i.id]}" if i.id in damaged else "ok")
+    shaped.engine_health = {"sparse": sparse}
+    return shaped
 
 
 @router.delete("/indexes/{index_id}", status_code=204)
@@ -264,7 +268,7 @@ async def delete_index(index_id: str, request: Request, project: Project) -> Res
 def _job(index_id: str, job: files_pb2.Job) -> models.SyncResponse:
     return models.SyncResponse(
         index_id=index_id, job_id=job.id, status=job.status, total_items=job.total_items,
-        done_items=job.done_items,
+        done_items=job.done_items, kind=job.kind or "sync",
     )
 
 
@@ -274,6 +278,21 @@ async def sync_index(index_id: str, request: Request, project: Project) -> model
     job = await files_of(request).StartSync(
         files_pb2.StartSyncRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
+    return _job(index_id, job)
+
+
+@router.post("/indexes/{index_id}/rebuild", response_model=models.SyncResponse)
+async def rebuild_index(index_id: str, request: Request, project: Project,
+                        body: models.RebuildRequest | None = None) -> models.SyncResponse:
+    """Re-index the stored parsed texts into ``engines`` (a damaged keyword index, a new engine),
+    without the source files: the engines' copies are dropped and written again by an ingest
+    worker. 409 while a sync or another rebuild runs. Follow it like a sync (GET the index)."""
+    engines = list(body.engines) if body and body.engines else []
+    job = await files_of(request).StartRebuild(
+        files_pb2.StartRebuildRequest(project_id=project.id, index_id=index_id, engines=engines),
+        timeout=catalog_timeout(request),
+    )
+    request.app.state.indexes.forget(project.id, index_id)
     return _job(index_id, job)
 
 

@@ -38,6 +38,12 @@ class Unavailable(QuarryError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DataLoss(QuarryError):
+    """Stored data cannot be read (a damaged index): retrying does not help, rebuilding does."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
 async def abort_for(context: grpc.aio.ServicerContext, exc: Exception) -> None:
     """Abort the RPC with the status for ``exc``; unknown errors become INTERNAL, message hidden."""
     if isinstance(exc, QuarryError):

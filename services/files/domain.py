@@ -74,6 +74,27 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: "sync" (the source directory into both engines) or "rebuild" (the parsed texts into ``engines``).
+    kind: str = "sync"
+    #: A rebuild's engines, comma-separated ("dense", "sparse" or both); "" for a sync.
+    engines: str = ""
+
+
+#: The engines a rebuild may target.
+ENGINES = ("dense", "sparse")
+
+
+@dataclass(frozen=True)
+class ParsedFileForRebuild:
+    """What a worker needs to index a parsed file again without its source: the text and pages,
+    the source file's name, metadata and unique id, and the version its chunk ids carry."""
+
+    parsed_file_id: str
+    version: int
+    text: str
+    pages: tuple[Page, ...]
+    file: DirectoryFile
+    index_config_json: str
 
 
 #: Failed files an index reports with its last job (the count is always complete).

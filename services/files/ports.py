@@ -24,6 +24,7 @@ from services.files.domain import (
     JobItem,
     Page,
     PageImage,
+    ParsedFileForRebuild,
     ParsedText,
     PreparedFile,
     Project,
@@ -167,6 +168,14 @@ class Catalog(Protocol):
 
     # page screenshots (by parsed file id)
     async def get_page_image(self, project_id: str, file_id: str, page_index: int) -> PageImage: ...
+
+    async def start_rebuild(self, project_id: str, index_id: str, engines: Sequence[str]) -> Job:
+        """A rebuild job re-indexing every parsed text of the index into ``engines``."""
+        ...
+
+    async def get_parsed_file(self, job_id: str, worker_id: str, source_file_id: str) -> ParsedFileForRebuild:
+        """A rebuild item's parsed text and source-file attributes (lease-checked)."""
+        ...
 
     async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[EngineDrop]:
         """Deleted indexes whose chunks the engines may still hold, oldest first."""

@@ -433,6 +433,17 @@ class FilesService:
             raise InvalidArgument("page_index must not be negative")
         return await self.catalog.get_page_image(project_id, file_id, page_index)
 
+    async def start_rebuild(self, project_id: str, index_id: str, engines: Sequence[str]) -> d.Job:
+        """Re-index the parsed texts into ``engines`` (both when none are named)."""
+        chosen = sorted(set(engines or d.ENGINES))
+        unknown = [e for e in chosen if e not in d.ENGINES]
+        if unknown:
+            raise InvalidArgument(f"engines: unknown engine(s) {unknown}; known: {list(d.ENGINES)}")
+        return await self.catalog.start_rebuild(project_id, index_id, chosen)
+
+    async def get_parsed_file(self, job_id: str, worker_id: str, source_file_id: str) -> d.ParsedFileForRebuild:
+        return await self.catalog.get_parsed_file(job_id, worker_id, source_file_id)
+
     async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[d.EngineDrop]:
         if limit < 0 or min_age_seconds < 0:
             raise InvalidArgument("limit and min_age_seconds must not be negative")

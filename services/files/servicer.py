@@ -41,6 +41,8 @@ MESSAGES: dict[type, type[Message]] = {
     d.PreparedFile: pb.PrepareParsedFileResponse,
     d.EngineDrop: pb.EngineDrop,
     d.JobFailure: pb.JobFailure,
+    d.ParsedFileForRebuild: pb.ParsedFileForRebuild,
+    d.Page: pb.Page,
 }
 
 
@@ -427,6 +429,18 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
         """The page images (no bytes) of some parsed files."""
         images = await self._svc.list_page_images(request.project_id, list(request.file_ids))
         return pb.ListPageImagesResponse(items=[to_pb(i) for i in images])
+
+    @mapped
+    async def StartRebuild(self, request: pb.StartRebuildRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        """Plan a rebuild of the index's parsed texts into some engines (FAILED_PRECONDITION while a job runs)."""
+        return to_pb(await self._svc.start_rebuild(request.project_id, request.index_id, list(request.engines)))
+
+    @mapped
+    async def GetParsedFile(
+        self, request: pb.GetParsedFileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ParsedFileForRebuild:
+        """A rebuild item's parsed text, pages and source file (FAILED_PRECONDITION without the lease)."""
+        return to_pb(await self._svc.get_parsed_file(request.job_id, request.worker_id, request.source_file_id))
 
     @mapped
     async def ListEngineDrops(

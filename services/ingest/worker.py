@@ -44,7 +44,7 @@ from services.common.convert import chunk_to_pb
 from services.common.domain import Chunk, MetaValue, chunk_id, files_index_id
 from services.ingest.cards import build_file_card
 from services.ingest.chunking import ChunkingOptions, TextChunk, chunk_text
-from services.ingest.parsing import ParsedDocument, ParseError
+from services.ingest.parsing import Page, ParsedDocument, ParseError
 from services.ingest.sandbox import ParseSandbox
 from services.ingest.screenshots import PNG_CONTENT_TYPE, PageImage, PdfPageRenderer, batch_by_size
 from services.ingest.settings import IngestSettings
@@ -93,6 +93,15 @@ class CallFailed(Exception):
 
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+#: Every engine a chunk is written to; a rebuild job names some of them.
+ENGINES = ("dense", "sparse")
+
+
+def _engines(job: files_pb2.Job) -> tuple[str, ...]:
+    """The engines a job writes: a rebuild's own list, or every engine."""
+    return tuple(e for e in job.engines.split(",") if e) or ENGINES
 
 
 def chunk_metadata(metadata_json: str) -> dict[str, MetaValue]:
@@ -265,12 +274,7 @@ class IngestWorker:
         done = 0
         for drop in listed.drops:
             try:
-                await self._together(*(
-                    self._call(f"{name} DropIndex", stub.DropIndex, request(index_id=target))
-                    for target in (drop.index_id, files_index_id(drop.index_id))
-                    for name, stub, request in (("dense", self._dense, dense_pb2.DropIndexRequest),
-                                                ("sparse", self._sparse, sparse_pb2.DropIndexRequest))
-                ))
+                await self._drop_everywhere(drop.index_id)
             except CallFailed as exc:
                 log.warning("dropping deleted index %s failed (attempt %d): %s", drop.index_id, drop.attempts + 1, exc)
                 with contextlib.suppress(CallFailed):
@@ -363,12 +367,16 @@ class IngestWorker:
                           stop: asyncio.Event) -> bool:
         """Deletes one by one, upserts in windows (the next prepared while one is written);
         ``False`` when ``stop`` was set before the work ran out."""
+        if job.kind == "rebuild" and job.done_items == 0:
+            # The engines' copies are replaced wholesale (a damaged index may not even open): drop
+            # them before the first item; a resumed rebuild keeps what earlier attempts wrote.
+            await self._drop_everywhere(job.index_id, _engines(job))
         for item in items:
-            if item.action != "upsert":
+            if item.action not in ("upsert", "rebuild"):
                 if stop.is_set():
                     return False
                 await self._process_item(job, item)
-        windows = list(_batched([i for i in items if i.action == "upsert"], self._s.window_files))
+        windows = list(_batched([i for i in items if i.action in ("upsert", "rebuild")], self._s.window_files))
         ahead: asyncio.Task[list[_PreparedFile]] | None = None
         try:
             for n, window in enumerate(windows):
@@ -415,8 +423,31 @@ class IngestWorker:
     async def _prepare_window(self, job: files_pb2.Job, items: Sequence[files_pb2.JobItem]) -> list[_PreparedFile]:
         """The window's files fetched, parsed and chunked concurrently; the ones that cannot be
         indexed are committed with their error here and left out."""
-        prepared = await self._together(*(self._prepare(job, item) for item in items))
+        prepare = self._prepare_rebuild if job.kind == "rebuild" else self._prepare
+        prepared = await self._together(*(prepare(job, item) for item in items))
         return [p for p in prepared if p is not None]
+
+    async def _prepare_rebuild(self, job: files_pb2.Job, item: files_pb2.JobItem) -> _PreparedFile | None:
+        """A rebuild item: the stored parsed text chunked again, under the ids its chunks had."""
+        try:
+            parsed = await self._call(
+                "GetParsedFile", self._files.GetParsedFile,
+                files_pb2.GetParsedFileRequest(job_id=job.id, worker_id=self.worker_id,
+                                               source_file_id=item.source_file_id),
+                lease=True,
+            )
+        except CallFailed as exc:
+            if exc.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            await self._complete(job, item, error="parsed text not found")
+            return None
+        pages = tuple(Page(p.number, p.start_char, p.end_char) for p in parsed.pages)
+        document = ParsedDocument(parsed.text, pages)
+        prepared = files_pb2.PrepareParsedFileResponse(parsed_file_id=parsed.parsed_file_id, version=parsed.version,
+                                                       index_config_json=parsed.index_config_json)
+        chunks, card = await self._chunks_and_card(job, parsed.file, prepared, document)
+        return _PreparedFile(item, b"", document, prepared, IndexConfig.from_json(parsed.index_config_json),
+                             chunks, card)
 
     async def _prepare(self, job: files_pb2.Job, item: files_pb2.JobItem) -> _PreparedFile | None:
         try:
@@ -444,6 +475,14 @@ class IngestWorker:
             files_pb2.PrepareParsedFileRequest(index_id=job.index_id, source_file_id=item.source_file_id),
             lease=True,
         )
+        chunks, card = await self._chunks_and_card(job, meta, prepared, document)
+        return _PreparedFile(item, source.content, document, prepared,
+                             IndexConfig.from_json(prepared.index_config_json), chunks, card)
+
+    async def _chunks_and_card(self, job: files_pb2.Job, meta: files_pb2.DirectoryFile,
+                               prepared: files_pb2.PrepareParsedFileResponse,
+                               document: ParsedDocument) -> tuple[list[Chunk], Chunk]:
+        """The file's chunks, under ids of its parsed file and version, and its file card."""
         pieces = await asyncio.to_thread(
             chunk_text, document.text, document.pages, self._chunking, self._tokenizer
         )
@@ -468,58 +507,63 @@ class IngestWorker:
             source_id=source_id,
             tokenizer=self._tokenizer,
         )
-        return _PreparedFile(item, source.content, document, prepared,
-                             IndexConfig.from_json(prepared.index_config_json), chunks, card)
+        return chunks, card
 
     async def _write_window(self, job: files_pb2.Job, files: Sequence[_PreparedFile]) -> None:
         """Clear the files from both engines, write their chunks in shared batches and their
         cards in one call, then (page images and) commit each item."""
         if not files:
             return
-        await self._together(*(self._delete_from_engines(job.index_id, f.prepared.parsed_file_id) for f in files))
+        engines = _engines(job)
+        await self._together(*(self._delete_from_engines(job.index_id, f.prepared.parsed_file_id, engines)
+                               for f in files))
         chunks = [c for f in files for c in f.chunks]
         for batch in _batched(chunks, self._s.batch_size):
-            await self._upsert_chunks(job.index_id, batch)
-        await self._upsert_chunks(files_index_id(job.index_id), [f.card for f in files])
+            await self._upsert_chunks(job.index_id, batch, engines)
+        await self._upsert_chunks(files_index_id(job.index_id), [f.card for f in files], engines)
         for f in files:
+            if job.kind == "rebuild":  # the text and the page images stay as they are
+                await self._complete(job, f.item, chunk_count=len(f.chunks))
+                continue
             await self._page_images(job, f.prepared, f.content, f.document, f.config)
             await self._complete(job, f.item, document=f.document, chunk_count=len(f.chunks))
             log.debug("indexed %s as %s v%d: %d chunks", f.item.source_file_id, f.prepared.parsed_file_id,
                       f.prepared.version, len(f.chunks), extra={"job_id": job.id})
         log.info("indexed %d files, %d chunks", len(files), len(chunks), extra={"job_id": job.id})
 
-    async def _upsert_chunks(self, index_id: str, chunks: Sequence[Chunk]) -> None:
-        """One Upsert of the same chunks to both engines."""
-        messages = [chunk_to_pb(c) for c in chunks]
-        await self._together(
-            self._call(
-                "dense Upsert",
-                self._dense.Upsert,
-                dense_pb2.UpsertRequest(index_id=index_id, chunks=messages),
-                deadline=self._s.upsert_timeout,
-            ),
-            self._call(
-                "sparse Upsert",
-                self._sparse.Upsert,
-                sparse_pb2.UpsertRequest(index_id=index_id, chunks=messages),
-                deadline=self._s.upsert_timeout,
-            ),
-        )
+    def _engine(self, name: str) -> tuple[Any, Any]:
+        """The stub and the message module of engine ``name`` (the two have the same shape)."""
+        return (self._dense, dense_pb2) if name == "dense" else (self._sparse, sparse_pb2)
 
-    async def _delete_from_engines(self, index_id: str, parsed_file_id: str) -> None:
-        """The file's chunks and its card, from both engines (a no-op for what is not there)."""
+    async def _upsert_chunks(self, index_id: str, chunks: Sequence[Chunk],
+                             engines: Sequence[str] = ENGINES) -> None:
+        """One Upsert of the same chunks to each engine."""
+        messages = [chunk_to_pb(c) for c in chunks]
+        calls = []
+        for name in engines:
+            stub, pb = self._engine(name)
+            calls.append(self._call(f"{name} Upsert", stub.Upsert, pb.UpsertRequest(index_id=index_id, chunks=messages),
+                                    deadline=self._s.upsert_timeout))
+        await self._together(*calls)
+
+    async def _delete_from_engines(self, index_id: str, parsed_file_id: str,
+                                   engines: Sequence[str] = ENGINES) -> None:
+        """The file's chunks and its card, from each engine (a no-op for what is not there)."""
         calls: list[Coroutine[Any, Any, Any]] = []
         for target in (index_id, files_index_id(index_id)):
-            calls.append(self._call(
-                "dense DeleteFile",
-                self._dense.DeleteFile,
-                dense_pb2.DeleteFileRequest(index_id=target, file_id=parsed_file_id),
-            ))
-            calls.append(self._call(
-                "sparse DeleteFile",
-                self._sparse.DeleteFile,
-                sparse_pb2.DeleteFileRequest(index_id=target, file_id=parsed_file_id),
-            ))
+            for name in engines:
+                stub, pb = self._engine(name)
+                calls.append(self._call(f"{name} DeleteFile", stub.DeleteFile,
+                                        pb.DeleteFileRequest(index_id=target, file_id=parsed_file_id)))
+        await self._together(*calls)
+
+    async def _drop_everywhere(self, index_id: str, engines: Sequence[str] = ENGINES) -> None:
+        """An index and its file cards, dropped from each engine."""
+        calls = []
+        for target in (index_id, files_index_id(index_id)):
+            for name in engines:
+                stub, pb = self._engine(name)
+                calls.append(self._call(f"{name} DropIndex", stub.DropIndex, pb.DropIndexRequest(index_id=target)))
         await self._together(*calls)
 
     async def _page_images(

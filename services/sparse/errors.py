@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.errors import InvalidArgument, QuarryError, Unavailable
+from services.common.errors import DataLoss, InvalidArgument, QuarryError, Unavailable
 
 
 class SparseError(QuarryError):
@@ -15,6 +15,15 @@ class InvalidRequest(InvalidArgument, SparseError):
 
 class InvalidFilter(InvalidArgument, SparseError):
     """A filter tree the engine cannot evaluate (wrong arity, a range over a non-number)."""
+
+
+class IndexDamaged(DataLoss, SparseError):
+    """An index whose files cannot be read (corrupted or missing on disk)."""
+
+    def __init__(self, index_id: str, reason: str) -> None:
+        super().__init__(f"keyword index {index_id} is damaged: {reason}")
+        self.index_id = index_id
+        self.reason = reason
 
 
 class BackendUnavailable(Unavailable, SparseError):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common.domain import Chunk, FilterNode, Hit, claim_chunks
-from services.sparse.errors import InvalidRequest
+from services.sparse.errors import IndexDamaged, InvalidRequest
 from services.sparse.ports import KeywordIndex
 
 
@@ -82,7 +82,10 @@ class SparseService:
         """Delete a whole index; returns how many chunks it held."""
         index_id = self._index_id(index_id)
         async with asyncio.timeout(self._budget(remaining)):
-            held = await self._index.count(index_id)
+            try:
+                held = await self._index.count(index_id)
+            except IndexDamaged:  # unreadable, and about to be removed: its count is unknown
+                held = 0
             await self._index.drop(index_id)
         return held
 
@@ -93,6 +96,10 @@ class SparseService:
         index_id = self._index_id(index_id)
         async with asyncio.timeout(self._budget(remaining)):
             return await self._index.count(index_id, file_id or None)
+
+    def damaged(self) -> dict[str, str]:
+        """Indexes the engine cannot read, with the reason."""
+        return self._index.damaged()
 
     async def ready(self) -> bool:
         """Whether the engine answers (drives the gRPC health status)."""

@@ -75,6 +75,17 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
         return sparse_pb2.CountResponse(count=count)
 
 
+    @mapped
+    async def ListDamaged(
+        self, request: sparse_pb2.ListDamagedRequest, context: grpc.aio.ServicerContext
+    ) -> sparse_pb2.ListDamagedResponse:
+        """Indexes that cannot be read, with the reason."""
+        damaged = self._service.damaged()
+        return sparse_pb2.ListDamagedResponse(
+            indexes=[sparse_pb2.DamagedIndex(index_id=i, reason=r) for i, r in sorted(damaged.items())]
+        )
+
+
 def register(servicer: SparseServicer) -> Register:
     """A ``start_server``/``serve`` register callback adding ``servicer`` to a server."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -960,6 +961,49 @@ async def test_page_images(svc: FilesService) -> None:
     await svc.put_page_images(job2.id, "w", pc, [_image(0)])
     await svc.delete_index(pid, ix.id)
     assert await svc.list_page_images(pid, [pc]) == []
+
+
+# -- rebuild jobs
+
+async def test_a_rebuild_job_re_indexes_every_parsed_text_and_changes_no_text(svc: FilesService) -> None:
+    pid, did = await _project_with_dir(svc)
+    for name in ("a.txt", "b.txt"):
+        await svc.upload_file(pid, did, display_name=name, content=f"content of {name}".encode(),
+                              metadata_json='{"team": "x"}')
+    ix = await svc.create_index(pid, name="ix", description="", source_directory_id=did)
+    await svc.start_sync(pid, ix.id)
+    await _run_job(svc, "w", {"a.txt": "parsed a", "b.txt": "parsed b"})
+    generation = (await svc.get_index(pid, ix.id)).generation
+
+    with pytest.raises(InvalidArgument, match="unknown engine"):
+        await svc.start_rebuild(pid, ix.id, ["graph"])
+    job = await svc.start_rebuild(pid, ix.id, ["sparse"])
+    assert (job.kind, job.engines, job.total_items, job.status) == ("rebuild", "sparse", 2, "pending")
+    with pytest.raises(FailedPrecondition):  # one job at a time, rebuild or sync
+        await svc.start_rebuild(pid, ix.id, [])
+    assert (await svc.start_sync(pid, ix.id)).id == job.id  # a sync request waits for it
+
+    claimed = await svc.claim_job("w2", 30)
+    assert claimed is not None and claimed.id == job.id and claimed.kind == "rebuild"
+    items = await svc.list_job_items(job.id)
+    assert {i.action for i in items} == {"rebuild"} and all(i.parsed_file_id for i in items)
+    with pytest.raises(FailedPrecondition):  # lease-checked
+        await svc.get_parsed_file(job.id, "someone-else", items[0].source_file_id)
+    texts = {}
+    for item in items:
+        parsed = await svc.get_parsed_file(job.id, "w2", item.source_file_id)
+        assert parsed.parsed_file_id == item.parsed_file_id and parsed.version == 1
+        assert json.loads(parsed.file.metadata_json) == {"team": "x"}
+        texts[parsed.file.display_name] = parsed.text
+        await svc.complete_job_item(job.id, "w2", item.source_file_id, chunk_count=3)
+    assert texts == {"a.txt": "parsed a", "b.txt": "parsed b"}
+    await svc.finish_job(job.id, "w2", "succeeded")
+    after = await svc.get_index(pid, ix.id)
+    assert after.generation == generation + 1  # cached answers of the old copy are not served
+    for item in items:
+        assert (await svc.read_file(pid, ix.id, item.parsed_file_id)).content.startswith("parsed ")
+    both = await svc.start_rebuild(pid, ix.id, [])
+    assert both.engines == "dense,sparse"
 
 
 # -- engine drops

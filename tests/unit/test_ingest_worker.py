@@ -572,3 +572,40 @@ async def test_the_run_loop_drains_engine_drops_when_no_job_waits(h: Harness) ->
     stop.set()
     await task
     assert h.files.engine_drops == {} and ("gone", "c1") not in h.dense.chunks
+
+
+async def test_a_rebuild_rewrites_only_its_engines_from_the_stored_text(h: Harness) -> None:
+    """A sparse rebuild: the damaged copy is dropped, the stored texts chunked again under the
+    same ids the dense copy has, dense untouched, and no text or page image written back."""
+    text = "Obsidian is volcanic glass. " * 40
+    h.files.add_source("src-a", "glass.txt", text.encode())
+    first = h.files.add_job(INDEX, [("src-a", "upsert")])
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    dense_ids = h.dense.ids(INDEX)
+    h.sparse.chunks.clear()
+    h.sparse.chunks[(INDEX, "left-over-of-the-damaged-copy")] = _stale_chunk("x", 0)
+    h.files.parsed_texts["src-a"] = text
+    upserts_before = len(h.dense.rec.called("Upsert"))
+
+    rebuild = h.files.add_job(INDEX, [("src-a", "rebuild")], kind="rebuild", engines="sparse")
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    assert h.sparse.ids(INDEX) == dense_ids  # same chunk ids, nothing left of the old copy
+    assert h.sparse.ids(FILES_INDEX) == h.dense.ids(FILES_INDEX)  # the file card too
+    assert len(h.dense.rec.called("Upsert")) == upserts_before and not h.dense.rec.called("DropIndex")
+    assert {c.request.index_id for c in h.sparse.rec.called("DropIndex")} == {INDEX, FILES_INDEX}
+    (committed,) = [c for c in h.files.completed if c.job_id == rebuild]
+    assert committed.text == "" and committed.chunk_count == len(dense_ids)
+    assert h.files.jobs[first].finish is not None
+
+
+async def test_a_resumed_rebuild_does_not_drop_what_earlier_attempts_wrote(h: Harness) -> None:
+    for name in ("a", "b"):
+        h.files.add_source(f"src-{name}", f"{name}.txt", f"text of {name} about granite".encode())
+        h.files.parsed_texts[f"src-{name}"] = f"text of {name} about granite"
+    kept = (INDEX, chunk_id(parsed_file_id_for(INDEX, "src-a"), 1, 0))
+    h.sparse.chunks[kept] = _stale_chunk(parsed_file_id_for(INDEX, "src-a"), 0)
+    h.files.add_job(INDEX, [("src-a", "rebuild"), ("src-b", "rebuild")], kind="rebuild", engines="sparse",
+                    done={"src-a"})
+    assert await h.worker().run_once() is JobOutcome.SUCCEEDED
+    assert not h.sparse.rec.called("DropIndex")
+    assert kept in h.sparse.chunks and h.sparse.ids(INDEX, parsed_file_id_for(INDEX, "src-b"))

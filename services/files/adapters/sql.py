@@ -208,6 +208,8 @@ jobs = Table(
     Column("created_at", _TS, nullable=False),
     Column("started_at", _TS, nullable=True),
     Column("finished_at", _TS, nullable=True),
+    Column("kind", String(16), nullable=False, server_default="sync"),
+    Column("engines", Text, nullable=False, server_default=text("''")),
     UniqueConstraint("index_id", "seq", name="uq_jobs_index_seq"),
     Index("ix_jobs_claim", "status", "created_at", "id"),
 )
@@ -1138,18 +1140,23 @@ class SqlCatalog:
                         "source_version": 0,
                     }
                 )
-        empty = not items
-        if empty and not keep_empty:
+        if not items and not keep_empty:
             return None
+        return await self._insert_job(conn, index.id, items)
+
+    async def _insert_job(self, conn: AsyncConnection, index_id: str, items: list[dict[str, Any]], *,
+                          kind: str = "sync", engines: str = "") -> d.Job:
+        """A pending job of ``items`` (with no items: one that succeeded at once, generation bumped)."""
+        empty = not items
         now = self._clock()
         seq = (
-            await conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0)).where(jobs.c.index_id == index.id))
+            await conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0)).where(jobs.c.index_id == index_id))
         ).scalar_one()
         job_id = _new_id()
         await conn.execute(
             insert(jobs).values(
                 id=job_id,
-                index_id=index.id,
+                index_id=index_id,
                 seq=seq + 1,
                 status="succeeded" if empty else "pending",
                 worker_id="",
@@ -1161,6 +1168,8 @@ class SqlCatalog:
                 created_at=now,
                 started_at=now if empty else None,
                 finished_at=now if empty else None,
+                kind=kind,
+                engines=engines,
             )
         )
         if items:
@@ -1172,8 +1181,51 @@ class SqlCatalog:
                 ],
             )
         else:
-            await self._bump_generation(conn, index.id, now)
+            await self._bump_generation(conn, index_id, now)
         return await self._job_row(conn, job_id)
+
+    async def start_rebuild(self, project_id: str, index_id: str, engines: Sequence[str]) -> d.Job:
+        """A "rebuild" job of one item per parsed file that has text; FAILED_PRECONDITION while a
+        job is active (a rebuild must not interleave with a sync)."""
+
+        async def attempt() -> d.Job:
+            async with self._write() as conn:
+                await self._index_row(conn, project_id, index_id, lock=True)
+                active = await self._active_job(conn, index_id)
+                if active is not None:
+                    raise FailedPrecondition(f"index {index_id} has a {active.kind} in progress ({active.id})")
+                rows = (await conn.execute(
+                    select(parsed_texts.c.parsed_file_id, parsed_texts.c.source_file_id, parsed_texts.c.source_version)
+                    .where(parsed_texts.c.index_id == index_id)
+                    .order_by(parsed_texts.c.source_file_id)
+                )).all()
+                items = [{"source_file_id": r.source_file_id, "action": "rebuild", "parsed_file_id": r.parsed_file_id,
+                          "source_version": r.source_version} for r in rows]
+                return await self._insert_job(conn, index_id, items, kind="rebuild", engines=",".join(engines))
+
+        try:
+            return await _retry_on_conflict(attempt)
+        except IntegrityError as exc:
+            raise FailedPrecondition(f"could not start a rebuild of index {index_id}") from exc
+
+    async def get_parsed_file(self, job_id: str, worker_id: str, source_file_id: str) -> d.ParsedFileForRebuild:
+        """A rebuild item's parsed text and the source file's name, metadata and unique id."""
+        async with self._read() as conn:
+            job = await self._held_job(conn, job_id, worker_id)
+            row = (await conn.execute(
+                select(parsed_texts).where(parsed_texts.c.index_id == job.index_id,
+                                           parsed_texts.c.source_file_id == source_file_id)
+            )).first()
+            if row is None:
+                raise NotFound(f"source file {source_file_id} has no parsed text in index {job.index_id}")
+            source = (await conn.execute(select(directory_files).where(directory_files.c.id == source_file_id))).first()
+            if source is None:
+                raise NotFound(f"source file {source_file_id} not found")
+            config_query = select(indexes.c.config_json).where(indexes.c.id == job.index_id)
+            config = (await conn.execute(config_query)).scalar_one()
+        pages = tuple(d.Page(number=n, start_char=s, end_char=e) for n, s, e in json.loads(row.pages_json))
+        return d.ParsedFileForRebuild(parsed_file_id=row.parsed_file_id, version=row.source_version, text=row.text,
+                                      pages=pages, file=_file(source), index_config_json=config)
 
     async def _job_row(self, conn: AsyncConnection, job_id: str) -> d.Job:
         row = (await conn.execute(select(jobs).where(jobs.c.id == job_id))).first()

@@ -344,6 +344,11 @@ class OpenSearchKeywordIndex:
             raise
         return int(response["count"])
 
+    def damaged(self) -> dict[str, str]:
+        """None: OpenSearch recovers shards from replicas itself, and an index it cannot serve
+        fails searches with 503 (``BackendUnavailable``), which degrades the same way."""
+        return {}
+
     async def ready(self) -> bool:
         """Whether the cluster answers a ping within the timeout."""
         try:

@@ -29,11 +29,19 @@ index has one ``IndexWriter`` (created on the first write and kept), and a per-i
 serialises upserts, deletes and drops; the lock is taken inside the worker thread, so a caller
 whose deadline expires does not release it early. A write commits once per call and then
 reloads the reader, so the next search sees it.
+
+Damage: an index whose files cannot be read (tantivy reports a corrupt or missing file when it
+is opened or read) is recorded as damaged, logged once, and every call on it raises
+``IndexDamaged`` (gRPC DATA_LOSS), which the gateway answers with the dense leg alone, flagged
+``degraded``. ``ready`` opens every index once at start-up, so damage is reported before the
+first query reaches it; ``damaged()`` lists them (the service's ``ListDamaged``). Dropping the
+index, which a rebuild does first, clears the record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -52,6 +60,7 @@ import tantivy
 
 from services.common.domain import Chunk, FilterNode, Hit
 from services.sparse.adapters.tantivy_filters import KW_FIELD, NUM_FIELD, FilterCompiler, metadata_terms
+from services.sparse.errors import IndexDamaged
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,11 @@ def build_schema() -> tantivy.Schema:
     builder.add_text_field(KW_FIELD, tokenizer_name="raw", index_option="basic")
     builder.add_text_field(NUM_FIELD, tokenizer_name="raw", index_option="basic")
     return builder.build()
+
+
+#: What tantivy says when an index's files are corrupt or missing (it raises ValueError for
+#: every failure, a bad query included).
+_CORRUPTION = re.compile(r"corrupt|Failed to open file|IoError|FileDoesNotExist|magic|deserializ", re.IGNORECASE)
 
 
 def index_dir_name(index_id: str) -> str:
@@ -124,6 +138,9 @@ class TantivyKeywordIndex:
         self._registry = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tantivy")
         self._closed = False
+        #: Index id -> why it cannot be read; found on open, on a failing read, or by ``scan``.
+        self._damaged: dict[str, str] = {}
+        self._scanned = False
 
     async def _run(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(fn, *args))
@@ -154,8 +171,16 @@ class TantivyKeywordIndex:
         return await self._run(self._count, index_id, file_id)
 
     async def ready(self) -> bool:
-        """The data directory exists and is writable."""
+        """The data directory exists and is writable (the first call also opens every index once,
+        so a damaged one is reported at start-up, not at its first query)."""
+        if not self._scanned:
+            self._scanned = True
+            await self._run(self._scan)
         return await self._run(self._ready)
+
+    def damaged(self) -> dict[str, str]:
+        """The indexes that cannot be read, with the reason (until dropped or rebuilt)."""
+        return dict(self._damaged)
 
     async def close(self) -> None:
         """Finish pending merges, release every writer lock, stop the thread pool."""
@@ -172,17 +197,52 @@ class TantivyKeywordIndex:
             handle = self._handles.get(index_id)
             if handle is not None:
                 return handle
+            if index_id in self._damaged:
+                raise IndexDamaged(index_id, self._damaged[index_id])
             path = self._dir / index_dir_name(index_id)
             exists = path.is_dir() and tantivy.Index.exists(str(path))
             if not exists and not create:
                 return None
             path.mkdir(parents=True, exist_ok=True)
-            index = tantivy.Index(self._schema, path=str(path), reuse=True)
+            try:
+                index = tantivy.Index(self._schema, path=str(path), reuse=True)
+            except ValueError as exc:
+                raise self._damage(index_id, exc) from exc
             index.register_tokenizer(ANALYZER, self._analyzer)
             index.config_reader(reload_policy="Manual")
             handle = _Handle(index=index, path=path)
             self._handles[index_id] = handle
             return handle
+
+    def _damage(self, index_id: str, exc: Exception) -> IndexDamaged:
+        """Record ``index_id`` as damaged (logged once) and return the error to raise."""
+        reason = str(exc)[:500]
+        if index_id not in self._damaged:
+            log.error("keyword index %s is damaged (%s); its retrieves use the dense leg only until it is "
+                      "rebuilt: POST /api/v1/indexes/%s/rebuild or `quarry index rebuild`", index_id, reason, index_id)
+        self._damaged[index_id] = reason
+        self._handles.pop(index_id, None)
+        return IndexDamaged(index_id, reason)
+
+    def _reading(self, index_id: str, read: Callable[[], _T]) -> _T:
+        """``read()``, with a read that finds the index's files corrupt or gone reported as damage."""
+        try:
+            return read()
+        except ValueError as exc:
+            if not _CORRUPTION.search(str(exc)):
+                raise
+            with self._registry:
+                raise self._damage(index_id, exc) from exc
+
+    def _scan(self) -> None:
+        """Open every index directory once; the ones that fail are recorded as damaged."""
+        for path in sorted(self._dir.iterdir()) if self._dir.is_dir() else []:
+            if not path.is_dir() or path.name.startswith(("~", ".")):
+                continue  # a hashed name cannot be mapped back to its id; it is found on first use
+            with contextlib.suppress(IndexDamaged):
+                self._open(path.name, create=False)
+        if self._damaged:
+            log.error("%d damaged keyword index(es): %s", len(self._damaged), ", ".join(sorted(self._damaged)))
 
     def _writer(self, handle: _Handle) -> tantivy.IndexWriter:
         if handle.writer is None:
@@ -260,12 +320,13 @@ class TantivyKeywordIndex:
                     (tantivy.Occur.Must, tantivy.Query.const_score_query(restriction, 0.0)),
                 ]
             )
-        searcher = handle.index.searcher()
-        result = searcher.search(query, top_k, count=False)
-        return [
-            Hit(chunk=self._chunk(index_id, searcher.doc(address)), score=score)
-            for score, address in result.hits
-        ]
+        def read() -> list[Hit]:
+            searcher = handle.index.searcher()
+            result = searcher.search(query, top_k, count=False)
+            return [Hit(chunk=self._chunk(index_id, searcher.doc(address)), score=score)
+                    for score, address in result.hits]
+
+        return self._reading(index_id, read)
 
     @staticmethod
     def _chunk(index_id: str, doc: tantivy.Document) -> Chunk:
@@ -302,8 +363,8 @@ class TantivyKeywordIndex:
         if handle is None:
             return 0
         if file_id is None:
-            return int(handle.index.searcher().num_docs)
-        return self._count_file(handle, file_id)
+            return self._reading(index_id, lambda: int(handle.index.searcher().num_docs))
+        return self._reading(index_id, lambda: self._count_file(handle, file_id))
 
     def _delete_file(self, index_id: str, file_id: str) -> int:
         handle = self._open(index_id, create=False)
@@ -322,6 +383,7 @@ class TantivyKeywordIndex:
 
     def _drop(self, index_id: str) -> None:
         with self._registry:
+            self._damaged.pop(index_id, None)  # a rebuild starts by dropping the damaged copy
             handle = self._handles.pop(index_id, None)
             if handle is not None:
                 with handle.lock:

@@ -1,5 +1,9 @@
-"""Engine drops: a deleted index whose chunks dense and sparse still hold, until a gateway or an
+"""Engine drops and rebuild jobs.
+
+Engine drops: a deleted index whose chunks dense and sparse still hold, until a gateway or an
 ingest worker has dropped them (a delete no longer depends on both engines answering in time).
+Rebuild jobs: ``jobs.kind`` ("sync", what every existing job is) and ``jobs.engines`` (the
+engines a rebuild re-indexes the parsed texts into).
 
 Revision ID: 0003
 Revises: 0002
@@ -29,8 +33,12 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=False),
     )
     op.create_index("ix_engine_drops_requested_at", "engine_drops", ["requested_at"])
+    op.add_column("jobs", sa.Column("kind", sa.String(16), nullable=False, server_default="sync"))
+    op.add_column("jobs", sa.Column("engines", sa.Text(), nullable=False, server_default=sa.text("''")))
 
 
 def downgrade() -> None:
+    op.drop_column("jobs", "engines")
+    op.drop_column("jobs", "kind")
     op.drop_index("ix_engine_drops_requested_at", table_name="engine_drops")
     op.drop_table("engine_drops")

@@ -1112,6 +1112,8 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    ENGINES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     index_id: _builtins.str
     status: _builtins.str
@@ -1125,6 +1127,10 @@ class Job(_message.Message):
     created_at: _builtins.str
     started_at: _builtins.str
     finished_at: _builtins.str
+    kind: _builtins.str
+    """"sync" (the source directory into both engines) or "rebuild" (the parsed texts into `engines`)."""
+    engines: _builtins.str
+    """A rebuild's engines, comma-separated ("dense", "sparse" or both); empty for a sync."""
     def __init__(
         self,
         *,
@@ -1140,14 +1146,105 @@ class Job(_message.Message):
         created_at: _builtins.str = ...,
         started_at: _builtins.str = ...,
         finished_at: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        engines: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "done_items", b"done_items", "error", b"error", "finished_at", b"finished_at", "id", b"id", "index_id", b"index_id", "lease_until", b"lease_until", "started_at", b"started_at", "status", b"status", "total_items", b"total_items", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "created_at", b"created_at", "done_items", b"done_items", "engines", b"engines", "error", b"error", "finished_at", b"finished_at", "id", b"id", "index_id", b"index_id", "kind", b"kind", "lease_until", b"lease_until", "started_at", b"started_at", "status", b"status", "total_items", b"total_items", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Job: _TypeAlias = Job  # noqa: Y015
+
+@_typing.final
+class StartRebuildRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    INDEX_ID_FIELD_NUMBER: _builtins.int
+    ENGINES_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    index_id: _builtins.str
+    @_builtins.property
+    def engines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """"dense" and/or "sparse"; none means both."""
+
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        index_id: _builtins.str = ...,
+        engines: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engines", b"engines", "index_id", b"index_id", "project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRebuildRequest: _TypeAlias = StartRebuildRequest  # noqa: Y015
+
+@_typing.final
+class GetParsedFileRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FILE_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    worker_id: _builtins.str
+    source_file_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+        source_file_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "source_file_id", b"source_file_id", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetParsedFileRequest: _TypeAlias = GetParsedFileRequest  # noqa: Y015
+
+@_typing.final
+class ParsedFileForRebuild(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARSED_FILE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PAGES_FIELD_NUMBER: _builtins.int
+    FILE_FIELD_NUMBER: _builtins.int
+    INDEX_CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    parsed_file_id: _builtins.str
+    version: _builtins.int
+    text: _builtins.str
+    index_config_json: _builtins.str
+    @_builtins.property
+    def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Page]: ...
+    @_builtins.property
+    def file(self) -> Global___DirectoryFile: ...
+    def __init__(
+        self,
+        *,
+        parsed_file_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        text: _builtins.str = ...,
+        pages: _abc.Iterable[Global___Page] | None = ...,
+        file: Global___DirectoryFile | None = ...,
+        index_config_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "index_config_json", b"index_config_json", "pages", b"pages", "parsed_file_id", b"parsed_file_id", "text", b"text", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParsedFileForRebuild: _TypeAlias = ParsedFileForRebuild  # noqa: Y015
 
 @_typing.final
 class ClaimJobRequest(_message.Message):

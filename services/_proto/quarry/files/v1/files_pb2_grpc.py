@@ -133,6 +133,11 @@ class FilesStub:
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.StartSyncRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.FromString,
                 _registered_method=True)
+        self.StartRebuild = channel.unary_unary(
+                '/quarry.files.v1.Files/StartRebuild',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.StartRebuildRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.FromString,
+                _registered_method=True)
         self.CancelSync = channel.unary_unary(
                 '/quarry.files.v1.Files/CancelSync',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CancelSyncRequest.SerializeToString,
@@ -177,6 +182,11 @@ class FilesStub:
                 '/quarry.files.v1.Files/PrepareParsedFile',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.PrepareParsedFileRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.PrepareParsedFileResponse.FromString,
+                _registered_method=True)
+        self.GetParsedFile = channel.unary_unary(
+                '/quarry.files.v1.Files/GetParsedFile',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.GetParsedFileRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ParsedFileForRebuild.FromString,
                 _registered_method=True)
         self.CompleteJobItem = channel.unary_unary(
                 '/quarry.files.v1.Files/CompleteJobItem',
@@ -360,6 +370,15 @@ class FilesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRebuild(self, request, context):
+        """Re-index the parsed texts of an index into some of its engines (a damaged keyword index, a
+        new engine), without its source files: a job of "rebuild" items. FAILED_PRECONDITION while
+        a job is active.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelSync(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -416,6 +435,13 @@ class FilesServicer:
 
     def PrepareParsedFile(self, request, context):
         """Get or create the parsed-file id for a source file in an index (deterministic).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetParsedFile(self, request, context):
+        """A rebuild item's parsed text, with what its chunks carry (lease-checked).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -588,6 +614,11 @@ def add_FilesServicer_to_server(servicer, server):
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.StartSyncRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.SerializeToString,
             ),
+            'StartRebuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRebuild,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.StartRebuildRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Job.SerializeToString,
+            ),
             'CancelSync': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelSync,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.CancelSyncRequest.FromString,
@@ -632,6 +663,11 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.PrepareParsedFile,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.PrepareParsedFileRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.PrepareParsedFileResponse.SerializeToString,
+            ),
+            'GetParsedFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetParsedFile,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.GetParsedFileRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ParsedFileForRebuild.SerializeToString,
             ),
             'CompleteJobItem': grpc.unary_unary_rpc_method_handler(
                     servicer.CompleteJobItem,
@@ -1212,6 +1248,33 @@ class Files:
             _registered_method=True)
 
     @staticmethod
+    def StartRebuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/StartRebuild',
+            quarry_dot_files_dot_v1_dot_files__pb2.StartRebuildRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CancelSync(request,
             target,
             options=(),
@@ -1444,6 +1507,33 @@ class Files:
             '/quarry.files.v1.Files/PrepareParsedFile',
             quarry_dot_files_dot_v1_dot_files__pb2.PrepareParsedFileRequest.SerializeToString,
             quarry_dot_files_dot_v1_dot_files__pb2.PrepareParsedFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetParsedFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/GetParsedFile',
+            quarry_dot_files_dot_v1_dot_files__pb2.GetParsedFileRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.ParsedFileForRebuild.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,11 @@ class FilesStub:
     ListIndexes: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListIndexesRequest, _files_pb2.ListIndexesResponse]
     DeleteIndex: _grpc.UnaryUnaryMultiCallable[_files_pb2.DeleteIndexRequest, _files_pb2.Index]
     StartSync: _grpc.UnaryUnaryMultiCallable[_files_pb2.StartSyncRequest, _files_pb2.Job]
+    StartRebuild: _grpc.UnaryUnaryMultiCallable[_files_pb2.StartRebuildRequest, _files_pb2.Job]
+    """Re-index the parsed texts of an index into some of its engines (a damaged keyword index, a
+    new engine), without its source files: a job of "rebuild" items. FAILED_PRECONDITION while
+    a job is active.
+    """
     CancelSync: _grpc.UnaryUnaryMultiCallable[_files_pb2.CancelSyncRequest, _files_pb2.Job]
     GetJob: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetJobRequest, _files_pb2.Job]
     UpsertPipeline: _grpc.UnaryUnaryMultiCallable[_files_pb2.UpsertPipelineRequest, _files_pb2.Index]
@@ -86,6 +91,8 @@ class FilesStub:
     GetSourceFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetSourceFileRequest, _files_pb2.SourceFile]
     PrepareParsedFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.PrepareParsedFileRequest, _files_pb2.PrepareParsedFileResponse]
     """Get or create the parsed-file id for a source file in an index (deterministic)."""
+    GetParsedFile: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetParsedFileRequest, _files_pb2.ParsedFileForRebuild]
+    """A rebuild item's parsed text, with what its chunks carry (lease-checked)."""
     CompleteJobItem: _grpc.UnaryUnaryMultiCallable[_files_pb2.CompleteJobItemRequest, _files_pb2.Empty]
     FinishJob: _grpc.UnaryUnaryMultiCallable[_files_pb2.FinishJobRequest, _files_pb2.Job]
     PutPageImages: _grpc.UnaryUnaryMultiCallable[_files_pb2.PutPageImagesRequest, _files_pb2.Empty]
@@ -148,6 +155,11 @@ class FilesAsyncStub(FilesStub):
     ListIndexes: _aio.UnaryUnaryMultiCallable[_files_pb2.ListIndexesRequest, _files_pb2.ListIndexesResponse]  # type: ignore[assignment]
     DeleteIndex: _aio.UnaryUnaryMultiCallable[_files_pb2.DeleteIndexRequest, _files_pb2.Index]  # type: ignore[assignment]
     StartSync: _aio.UnaryUnaryMultiCallable[_files_pb2.StartSyncRequest, _files_pb2.Job]  # type: ignore[assignment]
+    StartRebuild: _aio.UnaryUnaryMultiCallable[_files_pb2.StartRebuildRequest, _files_pb2.Job]  # type: ignore[assignment]
+    """Re-index the parsed texts of an index into some of its engines (a damaged keyword index, a
+    new engine), without its source files: a job of "rebuild" items. FAILED_PRECONDITION while
+    a job is active.
+    """
     CancelSync: _aio.UnaryUnaryMultiCallable[_files_pb2.CancelSyncRequest, _files_pb2.Job]  # type: ignore[assignment]
     GetJob: _aio.UnaryUnaryMultiCallable[_files_pb2.GetJobRequest, _files_pb2.Job]  # type: ignore[assignment]
     UpsertPipeline: _aio.UnaryUnaryMultiCallable[_files_pb2.UpsertPipelineRequest, _files_pb2.Index]  # type: ignore[assignment]
@@ -167,6 +179,8 @@ class FilesAsyncStub(FilesStub):
     GetSourceFile: _aio.UnaryUnaryMultiCallable[_files_pb2.GetSourceFileRequest, _files_pb2.SourceFile]  # type: ignore[assignment]
     PrepareParsedFile: _aio.UnaryUnaryMultiCallable[_files_pb2.PrepareParsedFileRequest, _files_pb2.PrepareParsedFileResponse]  # type: ignore[assignment]
     """Get or create the parsed-file id for a source file in an index (deterministic)."""
+    GetParsedFile: _aio.UnaryUnaryMultiCallable[_files_pb2.GetParsedFileRequest, _files_pb2.ParsedFileForRebuild]  # type: ignore[assignment]
+    """A rebuild item's parsed text, with what its chunks carry (lease-checked)."""
     CompleteJobItem: _aio.UnaryUnaryMultiCallable[_files_pb2.CompleteJobItemRequest, _files_pb2.Empty]  # type: ignore[assignment]
     FinishJob: _aio.UnaryUnaryMultiCallable[_files_pb2.FinishJobRequest, _files_pb2.Job]  # type: ignore[assignment]
     PutPageImages: _aio.UnaryUnaryMultiCallable[_files_pb2.PutPageImagesRequest, _files_pb2.Empty]  # type: ignore[assignment]
@@ -342,6 +356,17 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_files_pb2.Job, _abc.Awaitable[_files_pb2.Job]]: ...
 
     @_abc_1.abstractmethod
+    def StartRebuild(
+        self,
+        request: _files_pb2.StartRebuildRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Job, _abc.Awaitable[_files_pb2.Job]]:
+        """Re-index the parsed texts of an index into some of its engines (a damaged keyword index, a
+        new engine), without its source files: a job of "rebuild" items. FAILED_PRECONDITION while
+        a job is active.
+        """
+
+    @_abc_1.abstractmethod
     def CancelSync(
         self,
         request: _files_pb2.CancelSyncRequest,
@@ -413,6 +438,14 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.PrepareParsedFileResponse, _abc.Awaitable[_files_pb2.PrepareParsedFileResponse]]:
         """Get or create the parsed-file id for a source file in an index (deterministic)."""
+
+    @_abc_1.abstractmethod
+    def GetParsedFile(
+        self,
+        request: _files_pb2.GetParsedFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ParsedFileForRebuild, _abc.Awaitable[_files_pb2.ParsedFileForRebuild]]:
+        """A rebuild item's parsed text, with what its chunks carry (lease-checked)."""
 
     @_abc_1.abstractmethod
     def CompleteJobItem(

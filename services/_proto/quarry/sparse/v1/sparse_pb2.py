@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services._proto.quarry.common.v1 import common_pb2 as quarry_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquarry/sparse/v1/sparse.proto\x12\x10quarry.sparse.v1\x1a\x1dquarry/common/v1/common.proto\"J\n\rUpsertRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\'\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x17.quarry.common.v1.Chunk\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"}\n\rSearchRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12(\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x18.quarry.common.v1.Filter\x12\x12\n\nhas_filter\x18\x05 \x01(\x08\"M\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.quarry.common.v1.Hit\x12\x16\n\x0esearch_seconds\x18\x02 \x01(\x01\"6\n\x11\x44\x65leteFileRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\"$\n\x10\x44ropIndexRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"1\n\x0c\x43ountRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x32\x9a\x03\n\x0cSparseSearch\x12K\n\x06Upsert\x12\x1f.quarry.sparse.v1.UpsertRequest\x1a .quarry.sparse.v1.UpsertResponse\x12K\n\x06Search\x12\x1f.quarry.sparse.v1.SearchRequest\x1a .quarry.sparse.v1.SearchResponse\x12S\n\nDeleteFile\x12#.quarry.sparse.v1.DeleteFileRequest\x1a .quarry.sparse.v1.DeleteResponse\x12Q\n\tDropIndex\x12\".quarry.sparse.v1.DropIndexRequest\x1a .quarry.sparse.v1.DeleteResponse\x12H\n\x05\x43ount\x12\x1e.quarry.sparse.v1.CountRequest\x1a\x1f.quarry.sparse.v1.CountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquarry/sparse/v1/sparse.proto\x12\x10quarry.sparse.v1\x1a\x1dquarry/common/v1/common.proto\"J\n\rUpsertRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\'\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x17.quarry.common.v1.Chunk\"\"\n\x0eUpsertResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\"}\n\rSearchRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12(\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x18.quarry.common.v1.Filter\x12\x12\n\nhas_filter\x18\x05 \x01(\x08\"M\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.quarry.common.v1.Hit\x12\x16\n\x0esearch_seconds\x18\x02 \x01(\x01\"6\n\x11\x44\x65leteFileRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\"$\n\x10\x44ropIndexRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"1\n\x0c\x43ountRequest\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\x0f\n\x07\x66ile_id\x18\x02 \x01(\t\"\x1e\n\rCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\"\x14\n\x12ListDamagedRequest\"0\n\x0c\x44\x61magedIndex\x12\x10\n\x08index_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x13ListDamagedResponse\x12/\n\x07indexes\x18\x01 \x03(\x0b\x32\x1e.quarry.sparse.v1.DamagedIndex2\xf6\x03\n\x0cSparseSearch\x12K\n\x06Upsert\x12\x1f.quarry.sparse.v1.UpsertRequest\x1a .quarry.sparse.v1.UpsertResponse\x12K\n\x06Search\x12\x1f.quarry.sparse.v1.SearchRequest\x1a .quarry.sparse.v1.SearchResponse\x12S\n\nDeleteFile\x12#.quarry.sparse.v1.DeleteFileRequest\x1a .quarry.sparse.v1.DeleteResponse\x12Q\n\tDropIndex\x12\".quarry.sparse.v1.DropIndexRequest\x1a .quarry.sparse.v1.DeleteResponse\x12Z\n\x0bListDamaged\x12$.quarry.sparse.v1.ListDamagedRequest\x1a%.quarry.sparse.v1.ListDamagedResponse\x12H\n\x05\x43ount\x12\x1e.quarry.sparse.v1.CountRequest\x1a\x1f.quarry.sparse.v1.CountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COUNTREQUEST']._serialized_end=578
   _globals['_COUNTRESPONSE']._serialized_start=580
   _globals['_COUNTRESPONSE']._serialized_end=610
-  _globals['_SPARSESEARCH']._serialized_start=613
-  _globals['_SPARSESEARCH']._serialized_end=1023
+  _globals['_LISTDAMAGEDREQUEST']._serialized_start=612
+  _globals['_LISTDAMAGEDREQUEST']._serialized_end=632
+  _globals['_DAMAGEDINDEX']._serialized_start=634
+  _globals['_DAMAGEDINDEX']._serialized_end=682
+  _globals['_LISTDAMAGEDRESPONSE']._serialized_start=684
+  _globals['_LISTDAMAGEDRESPONSE']._serialized_end=754
+  _globals['_SPARSESEARCH']._serialized_start=757
+  _globals['_SPARSESEARCH']._serialized_end=1259
 # @@protoc_insertion_point(module_scope)

@@ -55,6 +55,11 @@ class SparseSearchStub:
                 request_serializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.DropIndexRequest.SerializeToString,
                 response_deserializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.ListDamaged = channel.unary_unary(
+                '/quarry.sparse.v1.SparseSearch/ListDamaged',
+                request_serializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.ListDamagedRequest.SerializeToString,
+                response_deserializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.ListDamagedResponse.FromString,
+                _registered_method=True)
         self.Count = channel.unary_unary(
                 '/quarry.sparse.v1.SparseSearch/Count',
                 request_serializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.CountRequest.SerializeToString,
@@ -92,6 +97,13 @@ class SparseSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDamaged(self, request, context):
+        """Indexes the engine cannot read (damaged files), with the reason; rebuild them from the catalog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Count(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -120,6 +132,11 @@ def add_SparseSearchServicer_to_server(servicer, server):
                     servicer.DropIndex,
                     request_deserializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.DropIndexRequest.FromString,
                     response_serializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.DeleteResponse.SerializeToString,
+            ),
+            'ListDamaged': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDamaged,
+                    request_deserializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.ListDamagedRequest.FromString,
+                    response_serializer=quarry_dot_sparse_dot_v1_dot_sparse__pb2.ListDamagedResponse.SerializeToString,
             ),
             'Count': grpc.unary_unary_rpc_method_handler(
                     servicer.Count,
@@ -236,6 +253,33 @@ class SparseSearch:
             '/quarry.sparse.v1.SparseSearch/DropIndex',
             quarry_dot_sparse_dot_v1_dot_sparse__pb2.DropIndexRequest.SerializeToString,
             quarry_dot_sparse_dot_v1_dot_sparse__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDamaged(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.sparse.v1.SparseSearch/ListDamaged',
+            quarry_dot_sparse_dot_v1_dot_sparse__pb2.ListDamagedRequest.SerializeToString,
+            quarry_dot_sparse_dot_v1_dot_sparse__pb2.ListDamagedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class SparseSearchStub:
     """BM25 top-k, filtered in the engine."""
     DeleteFile: _grpc.UnaryUnaryMultiCallable[_sparse_pb2.DeleteFileRequest, _sparse_pb2.DeleteResponse]
     DropIndex: _grpc.UnaryUnaryMultiCallable[_sparse_pb2.DropIndexRequest, _sparse_pb2.DeleteResponse]
+    ListDamaged: _grpc.UnaryUnaryMultiCallable[_sparse_pb2.ListDamagedRequest, _sparse_pb2.ListDamagedResponse]
+    """Indexes the engine cannot read (damaged files), with the reason; rebuild them from the catalog."""
     Count: _grpc.UnaryUnaryMultiCallable[_sparse_pb2.CountRequest, _sparse_pb2.CountResponse]
 
 @_typing.type_check_only
@@ -52,6 +54,8 @@ class SparseSearchAsyncStub(SparseSearchStub):
     """BM25 top-k, filtered in the engine."""
     DeleteFile: _aio.UnaryUnaryMultiCallable[_sparse_pb2.DeleteFileRequest, _sparse_pb2.DeleteResponse]  # type: ignore[assignment]
     DropIndex: _aio.UnaryUnaryMultiCallable[_sparse_pb2.DropIndexRequest, _sparse_pb2.DeleteResponse]  # type: ignore[assignment]
+    ListDamaged: _aio.UnaryUnaryMultiCallable[_sparse_pb2.ListDamagedRequest, _sparse_pb2.ListDamagedResponse]  # type: ignore[assignment]
+    """Indexes the engine cannot read (damaged files), with the reason; rebuild them from the catalog."""
     Count: _aio.UnaryUnaryMultiCallable[_sparse_pb2.CountRequest, _sparse_pb2.CountResponse]  # type: ignore[assignment]
 
 class SparseSearchServicer(metaclass=_abc_1.ABCMeta):
@@ -86,6 +90,14 @@ class SparseSearchServicer(metaclass=_abc_1.ABCMeta):
         request: _sparse_pb2.DropIndexRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sparse_pb2.DeleteResponse, _abc.Awaitable[_sparse_pb2.DeleteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDamaged(
+        self,
+        request: _sparse_pb2.ListDamagedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sparse_pb2.ListDamagedResponse, _abc.Awaitable[_sparse_pb2.ListDamagedResponse]]:
+        """Indexes the engine cannot read (damaged files), with the reason; rebuild them from the catalog."""
 
     @_abc_1.abstractmethod
     def Count(
