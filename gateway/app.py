@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import errors
+from gateway.admission import Admission, LocalRateLimiter, RateLimiter, RedisRateLimiter, Stage
+from gateway.admission import register as admission_errors
 from gateway.auth import Authenticator
-from gateway.backends import Backends
+from gateway.backends import Backends, Stages
 from gateway.cache import Cache, IndexCache, LruCache, RedisCache
 from gateway.routes import catalog, media, pipelines, retrieval
 from gateway.settings import GatewaySettings
@@ -67,6 +69,17 @@ class AccessLog:
                          (time.perf_counter() - started) * 1000, extra={"request_id": rid})
 
 
+def build_limiter(settings: GatewaySettings) -> RateLimiter | None:
+    """The per-key rate limiter: shared through Redis when the gateway has one; off at rate 0."""
+    rate = settings.admission.rate_per_key
+    if rate <= 0:
+        return None
+    burst = settings.admission.burst_per_key
+    if settings.redis_url:
+        return RedisRateLimiter(settings.redis_url, rate, burst)
+    return LocalRateLimiter(rate, burst)
+
+
 def build_cache(settings: GatewaySettings) -> Cache:
     if settings.redis_url:
         return RedisCache(settings.redis_url)
@@ -81,6 +94,11 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             dense=settings.dense_addr, sparse=settings.sparse_addr,
             rerank=settings.rerank_addr, files=settings.files_addr, auth=settings.service_auth,
         )
+        admission = settings.admission
+        app.state.backends.stages = Stages(
+            retrieve=Stage("retrieve", admission.retrieve_concurrency, admission.retrieve_queue),
+            rerank=Stage("rerank", admission.rerank_concurrency, admission.rerank_queue),
+        )
         app.state.cache = build_cache(settings)
         app.state.indexes = IndexCache(settings.index_cache_seconds)
         app.state.auth = Authenticator(settings.auth_cache_seconds, settings.catalog_timeout_seconds)
@@ -89,15 +107,21 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await app.state.cache.close()
             await app.state.backends.close()
+            if limiter is not None:
+                await limiter.close()
 
     app = FastAPI(title="Quarry", version="0.1.0", lifespan=lifespan)
     errors.register(app)
+    admission_errors(app)
     app.include_router(retrieval.router)
     app.include_router(catalog.router)
     app.include_router(pipelines.router)
     app.include_router(media.router)
 
     app.add_middleware(RejectSurrogates)
+    limiter = build_limiter(settings)
+    app.add_middleware(Admission, limiter=limiter, max_body_bytes=settings.admission.max_body_mb * 1024 * 1024,
+                       max_upload_bytes=settings.max_upload_bytes + 1024 * 1024)
     app.add_middleware(AccessLog)
 
     @app.get("/healthz", include_in_schema=False)

@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.admission import Stage
 from gateway.breaker import Breaker
 from services._proto.quarry.common.v1 import common_pb2
 from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
@@ -41,6 +42,14 @@ class Budget:
         if left <= floor:
             raise TimeoutError("request budget exhausted")
         return left
+
+
+@dataclass
+class Stages:
+    """The stages a retrieve passes through that admit a bounded number of requests at once."""
+
+    retrieve: Stage = field(default_factory=lambda: Stage("retrieve", 64, 256))
+    rerank: Stage = field(default_factory=lambda: Stage("rerank", 2, 8))
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,8 @@ class Backends:
         self._channels = Channels(auth)
         self._addresses = {"dense": dense, "sparse": sparse, "rerank": rerank, "files": files}
         self.breakers = {name: Breaker(name, timeout_is_outage=name == "files") for name in self._addresses}
+        #: Load shedding of the expensive stages (set from the settings by the app).
+        self.stages = Stages()
         for name, address in self._addresses.items():
             self._channels.intercept(address, self.breakers[name])
         self.dense = self._channels.stub(dense_pb2_grpc.DenseSearchStub, dense)

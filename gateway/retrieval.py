@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from gateway.admission import Shed
 from gateway.backends import Backends, Budget, LegResult
 from gateway.fusion import Fused, fuse
 from services._proto.quarry.common.v1 import common_pb2
@@ -136,6 +137,13 @@ def blend(rerank: list[float], fused: list[float], weight: float) -> list[float]
 
 
 async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
+    """The retrieve use case under load shedding: a full retrieve stage refuses at once (``Shed``),
+    a full rerank stage leaves the fused order, flagged."""
+    async with backends.stages.retrieve.admit():
+        return await _retrieve(backends, plan, budget)
+
+
+async def _retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
     started = time.perf_counter()
     legs, degraded = await run_legs(backends, plan, budget)
     empty = LegResult([], 0.0)
@@ -164,10 +172,14 @@ async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
             timeout = budget.remaining()
             if plan.rerank_timeout is not None:
                 timeout = min(timeout, plan.rerank_timeout)
-            scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
+            async with backends.stages.rerank.admit():
+                scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
             blended = blend(scores, [f.score for f in window], plan.rerank_blend)
             ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
             results = [Result.of(f, s) for f, s in ranked[:n]]
+        except Shed:
+            degraded.append("rerank skipped (the rerank stage is saturated); fused order")
+            results = [Result.of(f, None) for f in fused[:n]]
         except Exception as exc:
             if not _degradable(exc):
                 raise

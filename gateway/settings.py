@@ -38,6 +38,23 @@ class RetrievalDefaults(BaseModel):
     leg_timeout_seconds: float = Field(default=2.0, gt=0)
 
 
+class AdmissionSettings(BaseModel):
+    """What the gateway admits (``QUARRY_GATEWAY_ADMISSION__*``; see ``gateway.admission``)."""
+
+    # Requests per second per API key, sustained; 0 turns the limit off.
+    rate_per_key: float = Field(default=100.0, ge=0)
+    # Requests a key may send at once above the sustained rate.
+    burst_per_key: int = Field(default=200, ge=1)
+    # JSON (and other non-multipart) bodies; uploads are bounded by max_upload_bytes.
+    max_body_mb: int = Field(default=32, ge=1)
+    # Retrieves running at once, and waiting beyond that; past both: 503 with Retry-After.
+    retrieve_concurrency: int = Field(default=64, ge=1)
+    retrieve_queue: int = Field(default=256, ge=0)
+    # Rerank calls at once and waiting; past both the answer keeps the fused order (degraded).
+    rerank_concurrency: int = Field(default=2, ge=1)
+    rerank_queue: int = Field(default=8, ge=0)
+
+
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUARRY_GATEWAY_", env_nested_delimiter="__", extra="ignore")
 
@@ -77,3 +94,4 @@ class GatewaySettings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     defaults: RetrievalDefaults = Field(default_factory=RetrievalDefaults)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
