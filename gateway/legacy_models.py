@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.models import INT32_MAX, Count, Weight, _Request, _Response
+from gateway.models import INT32_MAX, Count, Query, Weight, _Request, _Response
 from services.common.domain import MAX_FILTER_DEPTH
 
 LegacyOp = Literal[
@@ -162,7 +162,7 @@ class PipelineFile(_Response):
 
 
 class PipelineRetrieveRequest(_Request):
-    query: str = Field(min_length=1)
+    query: Query
     dense_similarity_top_k: Count | None = None
     dense_similarity_cutoff: float | None = None
     sparse_similarity_top_k: Count | None = None

@@ -18,6 +18,13 @@ Weight = Annotated[float, Field(ge=0.0, le=1.0)]
 INT32_MAX = 2**31 - 1
 Count = Annotated[int, Field(ge=1, le=INT32_MAX)]
 Offset = Annotated[int, Field(ge=0, le=INT32_MAX)]
+#: Bounds on the strings a request carries (a 422 names the field beyond them).
+MAX_QUERY_CHARS = 8192
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS)]
+Name = Annotated[str, Field(max_length=512)]
+Description = Annotated[str, Field(max_length=10_000)]
+Pattern = Annotated[str, Field(min_length=1, max_length=2048)]
 
 
 class _Request(BaseModel):
@@ -65,8 +72,8 @@ Fusion = Literal["relative_score", "rrf", "dbsf"]
 
 
 class RetrieveRequest(_Request):
-    index_id: str = Field(min_length=1)
-    query: str = Field(min_length=1)
+    index_id: Id
+    query: Query
     custom_filters: dict[str, CustomFilter | list[RangeBound] | None] | None = None
     full_text_pipeline_weight: Weight | None = None
     vector_pipeline_weight: Weight | None = None
@@ -120,11 +127,11 @@ class RetrieveResponse(_Response):
 
 
 class FindRequest(_Request):
-    index_id: str = Field(min_length=1)
-    file_name: str | None = None
-    file_name_contains: str | None = None
+    index_id: Id
+    file_name: Name | None = None
+    file_name_contains: Name | None = None
     page_size: Count | None = None
-    page_token: str | None = None
+    page_token: Annotated[str, Field(max_length=4096)] | None = None
 
 
 class FoundFile(_Response):
@@ -141,9 +148,9 @@ class FindResponse(_Response):
 class SearchFilesRequest(_Request):
     """The seed reference's name search (``/files/search``)."""
 
-    index_id: str = Field(min_length=1)
-    file_name: str | None = None
-    file_name_contains: str | None = None
+    index_id: Id
+    file_name: Name | None = None
+    file_name_contains: Name | None = None
     limit: Count | None = None
 
 
@@ -152,12 +159,12 @@ class SearchFilesResponse(_Response):
 
 
 class GrepRequest(_Request):
-    index_id: str = Field(min_length=1)
-    file_id: str = Field(min_length=1)
-    pattern: str = Field(min_length=1)
+    index_id: Id
+    file_id: Id
+    pattern: Pattern
     context_chars: Annotated[int, Field(ge=0, le=100_000)] | None = None
     page_size: Count | None = None
-    page_token: str | None = None
+    page_token: Annotated[str, Field(max_length=4096)] | None = None
     limit: Count | None = None
 
 
@@ -175,8 +182,8 @@ class GrepResponse(_Response):
 
 
 class ReadRequest(_Request):
-    index_id: str = Field(min_length=1)
-    file_id: str = Field(min_length=1)
+    index_id: Id
+    file_id: Id
     offset: Offset | None = 0
     max_length: Offset | None = None
 
@@ -198,8 +205,8 @@ class Project(_Response):
 
 
 class DirectoryCreate(_Request):
-    name: str = Field(min_length=1)
-    description: str | None = None
+    name: Annotated[Name, Field(min_length=1)]
+    description: Description | None = None
     type: Literal["ephemeral", "user"] | None = None
     connector_subscription_id: str | None = None
     system_metadata: dict[str, Any] | None = None
@@ -229,9 +236,9 @@ class DirectoryFile(_Response):
 
 
 class DirectoryFileAdd(_Request):
-    file_id: str = Field(min_length=1)
-    display_name: str | None = None
-    unique_id: str | None = None
+    file_id: Id
+    display_name: Name | None = None
+    unique_id: Name | None = None
     # An object, or (as the upload form sends it) a JSON-object string.
     metadata: dict[str, Any] | str | None = None
 
@@ -243,9 +250,9 @@ class DirectoryFilePage(_Response):
 
 
 class IndexCreate(_Request):
-    source_directory_id: str = Field(min_length=1)
-    name: str | None = None
-    description: str | None = None
+    source_directory_id: Id
+    name: Name | None = None
+    description: Description | None = None
     products: list[dict[str, Any]] | None = None
     store_attachments: list[str] | None = None
     sync_frequency: Literal["manual", "daily", "on_source_change"] | None = None

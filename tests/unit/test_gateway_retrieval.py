@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import grpc
 import pytest
 
-from gateway.backends import Backends, Budget, LegResult
+from gateway.admission import Shed, Stage
+from gateway.backends import Backends, Budget, LegResult, Stages
 from gateway.retrieval import Plan, blend, retrieve
 from services._proto.quarry.common.v1 import common_pb2
 from services.common.convert import hit_to_pb
@@ -32,6 +33,7 @@ class FakeBackends(Backends):
         self._answers = {"dense": dense, "sparse": sparse}
         self._rerank = rerank
         self.calls: list[str] = []
+        self.stages = Stages()
 
     async def _leg(self, name: str) -> LegResult:
         self.calls.append(name)
@@ -145,3 +147,29 @@ async def test_the_rerank_call_has_its_own_deadline_within_the_budget() -> None:
     assert backends.rerank_timeout == 0.5
     await retrieve(backends, plan(rerank=True, rerank_timeout=30.0), Budget(5))
     assert 0 < backends.rerank_timeout <= 5
+
+
+async def test_a_damaged_leg_degrades_with_a_pointer_to_the_rebuild() -> None:
+    out = await retrieve(FakeBackends(DENSE, grpc.StatusCode.DATA_LOSS), plan(), Budget(5))
+    assert [r.fused.chunk.id for r in out.results] == ["a", "b", "c"]
+    assert out.degraded == ["sparse index damaged; dense-only results until it is rebuilt "
+                            "(POST /api/v1/indexes/i/rebuild)"]
+
+
+async def test_a_full_rerank_stage_keeps_the_fused_order_at_once() -> None:
+    backends = FakeBackends(DENSE, SPARSE, rerank={"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3})
+    backends.stages = Stages(rerank=Stage("rerank", concurrency=1, queue=0))
+    async with backends.stages.rerank.admit():  # every slot taken
+        out = await retrieve(backends, plan(rerank=True, top_k=2), Budget(5))
+    assert "rerank" not in backends.calls
+    assert [(r.fused.chunk.id, r.rerank_score) for r in out.results] == [("a", None), ("c", None)]
+    assert out.degraded == ["rerank skipped (the rerank stage is saturated); fused order"]
+
+
+async def test_a_full_retrieve_stage_refuses_at_once() -> None:
+    backends = FakeBackends(DENSE, SPARSE)
+    backends.stages = Stages(retrieve=Stage("retrieve", concurrency=1, queue=0))
+    async with backends.stages.retrieve.admit():
+        with pytest.raises(Shed):
+            await retrieve(backends, plan(), Budget(5))
+    assert backends.calls == []
