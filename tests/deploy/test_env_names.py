@@ -26,6 +26,7 @@ SECRET_STANDINS = {
     "qdrant-url": "http://qdrant:6333",
     "opensearch-url": "http://opensearch:9200",
     "opensearch-username": "quarry",
+    "previous-tokens": '["an-older-token"]',
 }
 
 
@@ -120,4 +121,8 @@ def test_each_process_accepts_its_rendered_settings(
                 monkeypatch.setenv(e["name"], SECRET_STANDINS.get(key, "secret"))
         settings = classes[f"QUARRY_{component.upper()}_"]()
         assert settings.host == "0.0.0.0", component  # type: ignore[attr-defined]
-        assert settings.port == container["ports"][0]["containerPort"], component  # type: ignore[attr-defined]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        serving = ports.get("grpc", ports.get("http"))
+        assert settings.port == serving, component  # type: ignore[attr-defined]
+        if "health" in ports:
+            assert settings.health_port == ports["health"], component  # type: ignore[attr-defined]

@@ -12,10 +12,12 @@ import json
 import re
 import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import yaml
 from kubernetes_validate import utils as validate_utils
 from kubernetes_validate.utils import SchemaNotFoundError
 
@@ -129,9 +131,43 @@ def test_probes_and_ports(docs: list[Doc]) -> None:
             assert probe in c, f"{component}: no {probe}"
         if component == "gateway":
             assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        elif "health" in ports:
+            # mTLS: kubelet cannot present a certificate, so health also answers in plaintext there.
+            assert c["readinessProbe"]["grpc"]["port"] == ports["health"], component
+            assert _env(c, f"QUARRY_{component.upper()}_HEALTH_PORT") == str(ports["health"]), component
         else:
             # Native gRPC probe against grpc.health.v1 on the serving port.
             assert c["readinessProbe"]["grpc"]["port"] == ports["grpc"] == QUARRY_PORT_GRPC, component
+
+
+def test_every_process_carries_the_service_credential(docs: list[Doc], request: pytest.FixtureRequest) -> None:
+    """The token from the Secret mounted as a file (rotation without a restart); with the mtls
+    component, a certificate of the process's own TLS Secret as well."""
+    combo: Combination = request.node.callspec.params["docs"]
+    for component, d in quarry_deployments(docs).items():
+        spec = d["spec"]["template"]["spec"]
+        (c,) = spec["containers"]
+        key = f"QUARRY_{component.upper()}_SERVICE_AUTH__"
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert _env(c, f"{key}TOKEN_FILE") == f"{mounts['service-auth']}/token", component
+        assert volumes["service-auth"]["secret"]["secretName"] == "quarry-service-auth"
+        mtls = "service-tls" in volumes
+        assert mtls == ("mtls" in _components(combo)), (component, combo.id)
+        if mtls:
+            assert volumes["service-tls"]["secret"]["secretName"] == f"quarry-{component}-tls"
+            for name, file in (("CERT_FILE", "tls.crt"), ("KEY_FILE", "tls.key"), ("CA_FILE", "ca.crt")):
+                assert _env(c, key + name) == f"{mounts['service-tls']}/{file}", (component, name)
+
+
+def _components(combo: Combination) -> tuple[str, ...]:
+    """The components a combination renders with (an overlay as committed: its own list)."""
+    if combo.overlay is None:
+        return ()
+    if combo.components is not None:
+        return combo.components
+    spec = yaml.safe_load((ROOT / "deploy" / "overlays" / combo.overlay / "kustomization.yaml").read_text())
+    return tuple(Path(c).name for c in spec.get("components", []))
 
 
 def _env(container: dict[str, Any], name: str) -> str | None:
@@ -191,7 +227,7 @@ def test_env_entries_are_well_formed(docs: list[Doc]) -> None:
                 assert ("value" in e) != ("valueFrom" in e), f"{w['metadata']['name']}: {e['name']}"
 
 
-SECRETS = {"quarry-endpoints", "quarry-engine-credentials", "quarry-gateway"}
+SECRETS = {"quarry-endpoints", "quarry-engine-credentials", "quarry-gateway", "quarry-service-auth"}
 
 
 def secret_refs(docs: list[Doc]) -> set[tuple[str, str]]:

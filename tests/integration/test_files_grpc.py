@@ -275,3 +275,21 @@ async def test_pipeline_files_status_and_page_images_over_grpc(stub: files_pb2_g
         pb.GetDirectoryFileRequest(project_id=pid, directory_id=uploads.id, unique_id="a.txt"), timeout=DEADLINE
     )
     assert await _code(gone) == grpc.StatusCode.NOT_FOUND
+
+
+async def test_first_key_creates_the_default_project_through_the_pods_own_credential(tmp_path: Path) -> None:
+    """``python -m services.files.first_key`` (kubectl exec on a new deployment), with the token."""
+    from services.files.first_key import create_first_key
+
+    settings = FilesSettings(data_dir=tmp_path, port=0, service_auth=AUTH)
+    files = await bootstrap(settings)
+    running = await start_server(settings, register(files.service), [SERVICE_NAME], files.ready)
+    try:
+        mine = settings.model_copy(update={"port": running.port})
+        key = await create_first_key(mine, "qk-first")
+        assert key == "qk-first"
+        project = await files.service.authenticate("qk-first")
+        assert project.name == "Default"
+    finally:
+        await running.stop(0)
+        await files.close()
