@@ -428,6 +428,11 @@ def bench_engines(
     datasets: Annotated[list[str] | None, typer.Option("--dataset", help="Under --datasets-root, or a path")] = None,
     root: Annotated[Path | None, typer.Option("--datasets-root", help="Folder of BEIR datasets")] = None,
     max_queries: Annotated[int | None, typer.Option("--max-queries", min=1)] = None,
+    size: Annotated[int, typer.Option("--size", min=1, help="Chunks of the speed index")] = 100_000,
+    first: Annotated[int, typer.Option("--first", min=1, help="Chunks of the from-empty sync")] = 10_000,
+    duration: Duration = 30,
+    quality: Annotated[bool, typer.Option(help="Measure quality on the judged collections")] = True,
+    speed: Annotated[bool, typer.Option(help="Measure sync and retrieve speed")] = True,
     work_dir: WorkDir = None,
     results: Results = None,
 ) -> None:
@@ -440,8 +445,13 @@ def bench_engines(
     cluster = engines.ClusterEngines(opensearch, postgres, redis)
 
     def run(folder: Path) -> dict[str, Any]:
-        return {"engines": cluster.described(),
-                "quality": engines.run_quality(found, folder, cluster, max_queries=max_queries)}
+        out: dict[str, Any] = {"engines": cluster.described()}
+        if quality:
+            out["quality"] = engines.run_quality(found, folder, cluster, max_queries=max_queries)
+        if speed:
+            vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
+            out["speed"] = engines.run_speed(vocab, folder, cluster, size=size, first=first, duration=duration)
+        return out
 
     _bench("engines", work_dir, results, run)
 

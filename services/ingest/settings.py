@@ -38,6 +38,10 @@ class IngestSettings(ServiceSettings):
         description="files worked together (fetched and parsed concurrently, chunks sharing Upsert calls); "
         "also how many source files a worker holds in memory, twice over while the next window is prepared",
     )
+    rebuild_window_files: int = Field(
+        default=256, ge=1, le=4096, description="files worked together by a rebuild that does not embed"
+    )
+    rebuild_batch_size: int = Field(default=1000, ge=1, description="chunks per write of a rebuild that does not embed")
     chunk_size: int = Field(default=200, ge=8, le=254, description="tokens per chunk (model reads 254)")
     chunk_overlap: int = Field(default=40, ge=0, description="tokens shared by consecutive chunks")
     rpc_timeout: float = Field(default=10.0, gt=0, description="deadline of every files/DeleteFile call")

@@ -376,7 +376,8 @@ class IngestWorker:
                 if stop.is_set():
                     return False
                 await self._process_item(job, item)
-        windows = list(_batched([i for i in items if i.action in ("upsert", "rebuild")], self._s.window_files))
+        window_files, _ = self._sizes(job)
+        windows = list(_batched([i for i in items if i.action in ("upsert", "rebuild")], window_files))
         ahead: asyncio.Task[list[_PreparedFile]] | None = None
         try:
             for n, window in enumerate(windows):
@@ -518,7 +519,7 @@ class IngestWorker:
         await self._together(*(self._delete_from_engines(job.index_id, f.prepared.parsed_file_id, engines)
                                for f in files))
         chunks = [c for f in files for c in f.chunks]
-        for batch in _batched(chunks, self._s.batch_size):
+        for batch in _batched(chunks, self._sizes(job)[1]):
             await self._upsert_chunks(job.index_id, batch, engines)
         await self._upsert_chunks(files_index_id(job.index_id), [f.card for f in files], engines)
         for f in files:
@@ -530,6 +531,14 @@ class IngestWorker:
             log.debug("indexed %s as %s v%d: %d chunks", f.item.source_file_id, f.prepared.parsed_file_id,
                       f.prepared.version, len(f.chunks), extra={"job_id": job.id})
         log.info("indexed %d files, %d chunks", len(files), len(chunks), extra={"job_id": job.id})
+
+    def _sizes(self, job: files_pb2.Job) -> tuple[int, int]:
+        """Files per window and chunks per write. A rebuild that does not embed (sparse only) is
+        bound by the keyword engine's per-write cost (OpenSearch waits for a refresh per write),
+        so it writes in larger batches."""
+        if job.kind == "rebuild" and "dense" not in _engines(job):
+            return self._s.rebuild_window_files, self._s.rebuild_batch_size
+        return self._s.window_files, self._s.batch_size
 
     def _engine(self, name: str) -> tuple[Any, Any]:
         """The stub and the message module of engine ``name`` (the two have the same shape)."""
