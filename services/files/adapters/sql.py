@@ -13,6 +13,8 @@ import dataclasses
 import functools
 import hashlib
 import json
+import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -387,7 +389,7 @@ class SqlCatalog:
         if url.startswith("sqlite"):
             # sqlite3's timeout is the busy timeout: how long a statement waits for another writer's lock.
             engine = create_async_engine(url, connect_args={"timeout": sqlite_busy_timeout_s})
-            _install_sqlite_hooks(engine)
+            _install_sqlite_hooks(engine, sqlite_busy_timeout_s)
             return cls(engine, clock=clock)
         options = f"-c statement_timeout={int(statement_timeout_ms)}"
         if schema:
@@ -1782,13 +1784,30 @@ def _upgrade_to_head(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+def _enter_wal(cursor: Any, busy_timeout_s: float) -> None:
+    """Switch the database to WAL. The switch needs the database's exclusive lock and SQLite does
+    not run its busy handler for it, so processes opening a new database at once can see
+    "database is locked" here: retry until the busy timeout, as any other statement would wait."""
+    deadline = time.monotonic() + busy_timeout_s
+    delay = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, busy_timeout_s: float) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take over BEGIN from the driver so writes can start with BEGIN IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(cursor, busy_timeout_s)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
