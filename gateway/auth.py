@@ -10,6 +10,7 @@ import grpc
 from fastapi import HTTPException, Request
 
 from services._proto.quarry.files.v1 import files_pb2
+from services.common.telemetry import CACHE_REQUESTS
 
 
 class Authenticator:
@@ -25,7 +26,9 @@ class Authenticator:
             raise HTTPException(401, "missing bearer API key", headers={"www-authenticate": "Bearer"})
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
         cached = self._cache.get(digest)
-        if cached and cached[0] > time.monotonic():
+        fresh = cached is not None and cached[0] > time.monotonic()
+        CACHE_REQUESTS.labels("api_key", "hit" if fresh else "miss").inc()
+        if cached and fresh:
             return cached[1]
         try:
             project = await request.app.state.backends.files.Authenticate(

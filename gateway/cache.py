@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Any, Protocol
 
 from services._proto.quarry.files.v1 import files_pb2
+from services.common.telemetry import CACHE_REQUESTS
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +43,14 @@ class LruCache:
 
     async def get(self, key: str) -> bytes | None:
         item = self._data.get(key)
+        if item is not None and item[0] < time.monotonic():
+            del self._data[key]
+            item = None
+        _count("response", item is not None)
         if item is None:
             return None
-        expires, value = item
-        if expires < time.monotonic():
-            del self._data[key]
-            return None
         self._data.move_to_end(key)
-        return value
+        return item[1]
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
         self._data[key] = (time.monotonic() + ttl_seconds, value)
@@ -77,7 +78,8 @@ class RedisCache:
             value = await self._redis.get(key)
         except Exception as exc:  # a cache failure is a miss
             log.warning("redis get failed: %s", type(exc).__name__)
-            return None
+            value = None
+        _count("response", isinstance(value, bytes))
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> None:
@@ -114,9 +116,11 @@ class IndexCache:
 
     def get(self, project_id: str, index_id: str) -> files_pb2.Index | None:
         item = self._data.get((project_id, index_id))
-        if item is None or item[0] < time.monotonic():
+        if self._ttl <= 0:
             return None
-        return item[1]
+        fresh = item is not None and item[0] >= time.monotonic()
+        _count("index", fresh)
+        return item[1] if item is not None and fresh else None
 
     def put(self, project_id: str, index: files_pb2.Index, *asked: str) -> None:
         """Remember ``index`` under its id and any other id it was asked for by."""
@@ -132,3 +136,7 @@ class IndexCache:
         for key in [k for k, (_, index) in self._data.items()
                     if k[0] == project_id and index_id in (k[1], index.id)]:
             del self._data[key]
+
+
+def _count(cache: str, hit: bool) -> None:
+    CACHE_REQUESTS.labels(cache, "hit" if hit else "miss").inc()

@@ -21,6 +21,7 @@ from gateway.fusion import Fused, fuse
 from services._proto.quarry.common.v1 import common_pb2
 from services.common.convert import chunk_from_pb
 from services.common.domain import Chunk, FilterNode
+from services.common.telemetry import DEGRADED, RETRIEVE_STAGE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,22 @@ async def run_legs(backends: Backends, plan: Plan, budget: Budget) -> tuple[dict
             raise exc  # type: ignore[misc]
         other = next(iter(answered))
         if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.DATA_LOSS:
-            degraded.append(f"{name} index damaged; {other}-only results until it is rebuilt "
-                            f"(POST /api/v1/indexes/{plan.index_id}/rebuild)")
+            _degrade(degraded, f"{name}_damaged", f"{name} index damaged; {other}-only results until it is "
+                     f"rebuilt (POST /api/v1/indexes/{plan.index_id}/rebuild)")
         else:
-            degraded.append(f"{name} leg failed ({_describe(exc)}); {other}-only results")
+            _degrade(degraded, f"{name}_failed", f"{name} leg failed ({_describe(exc)}); {other}-only results")
         log.warning("%s leg degraded: %s", name, _describe(exc))
     return answered, degraded
+
+
+def _degrade(degraded: list[str], reason: str, message: str) -> None:
+    """Note a degradation in the answer and count it by ``reason`` (a short, fixed label)."""
+    degraded.append(message)
+    DEGRADED.labels(reason).inc()
+
+
+#: Prometheus stage names of the latency keys of an outcome.
+_STAGES = {"dense_embed": "embed", "dense": "dense", "sparse": "sparse", "fusion": "fusion", "rerank": "rerank"}
 
 
 def _describe(exc: BaseException) -> str:
@@ -140,7 +151,11 @@ async def retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
     """The retrieve use case under load shedding: a full retrieve stage refuses at once (``Shed``),
     a full rerank stage leaves the fused order, flagged."""
     async with backends.stages.retrieve.admit():
-        return await _retrieve(backends, plan, budget)
+        outcome = await _retrieve(backends, plan, budget)
+    for key, stage in _STAGES.items():
+        if outcome.latency.get(key, 0.0) > 0:  # 0: a leg not called, or one that failed
+            RETRIEVE_STAGE_SECONDS.labels(stage).observe(outcome.latency[key])
+    return outcome
 
 
 async def _retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
@@ -178,12 +193,12 @@ async def _retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
             ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
             results = [Result.of(f, s) for f, s in ranked[:n]]
         except Shed:
-            degraded.append("rerank skipped (the rerank stage is saturated); fused order")
+            _degrade(degraded, "rerank_shed", "rerank skipped (the rerank stage is saturated); fused order")
             results = [Result.of(f, None) for f in fused[:n]]
         except Exception as exc:
             if not _degradable(exc):
                 raise
-            degraded.append(f"rerank failed ({_describe(exc)}); fused order")
+            _degrade(degraded, "rerank_failed", f"rerank failed ({_describe(exc)}); fused order")
             results = [Result.of(f, None) for f in fused[:n]]
         latency["rerank"] = time.perf_counter() - t0
     else:

@@ -113,6 +113,9 @@ class Stack:
     notify: Callable[[str], None] | None = None
     processes: list[Process] = field(default_factory=list)
     addresses: dict[str, str] = field(default_factory=dict)
+    #: Each gRPC process serves Prometheus metrics on a port of its own (``metrics_urls``).
+    metrics: bool = True
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     #: The service credential of this stack: generated at start, handed to every process, never
     #: written to disk (a restart generates a new one).
     service_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
@@ -133,6 +136,12 @@ class Stack:
         if not any(k.startswith(f"{prefix}SERVICE_AUTH__") for k in env):
             env[f"{prefix}SERVICE_AUTH__TOKEN"] = self.service_token
         return env
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """``/metrics`` of every process by name (the gateway's on its HTTP port)."""
+        urls = {name: f"http://127.0.0.1:{port}/metrics" for name, port in self.metrics_ports.items()}
+        return {**urls, "gateway": f"{self.base_url}/metrics"}
 
     @property
     def call_metadata(self) -> list[tuple[str, str]]:
@@ -162,10 +171,16 @@ class Stack:
         port_file = self.data_dir / "run" / f"{name}.port"
         port_file.unlink(missing_ok=True)
         prefix = f"QUARRY_{name.upper()}_"
+        metrics = {}
+        if self.metrics:
+            port = int(self.env.get(f"{prefix}METRICS_PORT") or _free_port("127.0.0.1"))
+            self.metrics_ports[name if name not in self.metrics_ports else f"{name}-{len(self.processes)}"] = port
+            metrics[f"{prefix}METRICS_PORT"] = str(port)
         return self._spawn(name, f"services.{name}", {
             f"{prefix}HOST": "127.0.0.1",
             f"{prefix}PORT": self.env.get(f"{prefix}PORT", "0"),
             f"{prefix}PORT_FILE": str(port_file),
+            **metrics,
             **extra,
         })
 

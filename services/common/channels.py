@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import grpc
 
 from services.common.security import ClientCredentials, ServiceAuth, client_credentials, tls_fingerprint
+from services.common.telemetry import client_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ _S = TypeVar("_S")
 def _build(address: str, creds: ClientCredentials,
            extra: Sequence[grpc.aio.ClientInterceptor] = ()) -> grpc.aio.Channel:
     options = list(CHANNEL_OPTIONS)
-    interceptors = [*creds.interceptors, *extra]
+    interceptors = [*creds.interceptors, *client_interceptors(), *extra]
     if creds.channel_credentials is None:
         return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
     if creds.server_name:

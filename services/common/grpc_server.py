@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.security import ServiceAuthInterceptor, server_credentials
 from services.common.settings import ServiceSettings
+from services.common.telemetry import configure_tracing, serve_metrics, server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ class RunningServer:
 
     def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer,
                  service_names: Sequence[str], ready: Ready, health_server: grpc.aio.Server | None = None,
-                 health_port: int = 0) -> None:
+                 health_port: int = 0, metrics_port: int = 0) -> None:
         self.server = server
+        self.metrics_port = metrics_port
         self.port = port
         self.health_server = health_server
         self.health_port = health_port
@@ -96,10 +98,13 @@ async def start_server(
     service_names: Sequence[str],
     ready: Ready,
 ) -> RunningServer:
-    """Bind, register, start; every call but health must carry the service credential."""
+    """Bind, register, start; every call but health must carry the service credential. Every
+    server has the same chain: (traces,) request id and metrics, the credential check."""
     auth = settings.service_auth
     auth.require(str(settings.model_config.get("env_prefix") or "QUARRY_<PROCESS>_"))
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[ServiceAuthInterceptor(auth)])
+    configure_tracing(settings.process)
+    server = grpc.aio.server(options=SERVER_OPTIONS,
+                             interceptors=server_interceptors(settings.process, ServiceAuthInterceptor(auth)))
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -119,8 +124,9 @@ async def start_server(
         if health_port == 0:
             raise RuntimeError(f"could not bind the health port {settings.host}:{settings.health_port}")
         await health_server.start()
+    metrics_port = serve_metrics(settings.host, settings.metrics_port) if settings.metrics_port is not None else 0
     await server.start()
-    running = RunningServer(server, port, health_servicer, names, ready, health_server, health_port)
+    running = RunningServer(server, port, health_servicer, names, ready, health_server, health_port, metrics_port)
     # Known but NOT_SERVING until the first readiness probe passes (never NOT_FOUND).
     await running.set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
     running.start_health_watch()

@@ -1,6 +1,7 @@
 """One logging setup for every process: JSON lines (or readable text) to stdout.
 
-A request id set in ``request_id`` (a contextvar) is added to every record.
+A request id set in ``request_id`` (a contextvar) is added to every record, and so is the trace id
+when tracing is on (``services.common.telemetry``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class _JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid:
             out["request_id"] = rid
+        tid = _trace_id()
+        if tid:
+            out["trace_id"] = tid
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value
@@ -39,6 +43,21 @@ class _JsonFormatter(logging.Formatter):
 class _TextFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__("%(asctime)s " + f"{service:<8}" + " %(levelname)-5s %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid, tid = request_id.get() or getattr(record, "request_id", ""), _trace_id()
+        if rid:
+            line += f" request_id={rid}"
+        if tid:
+            line += f" trace_id={tid}"
+        return line
+
+
+def _trace_id() -> str:
+    from services.common.telemetry import trace_id  # telemetry imports this module
+
+    return trace_id()
 
 
 def configure(service: str, *, level: str = "INFO", fmt: str = "json") -> None:

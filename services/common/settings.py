@@ -26,3 +26,11 @@ class ServiceSettings(BaseSettings):
     service_auth: ServiceAuth = Field(default_factory=ServiceAuth)
     #: A plaintext port serving only ``grpc.health.v1`` (for kubelet probes, which cannot do mTLS).
     health_port: int | None = Field(default=None, ge=0, le=65535)
+    #: Prometheus ``/metrics`` over plain HTTP on this port (off when unset; 0 picks one).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @property
+    def process(self) -> str:
+        """The process's name, from its env prefix (``QUARRY_DENSE_`` -> ``dense``)."""
+        prefix = str(self.model_config.get("env_prefix") or "")
+        return prefix.removeprefix("QUARRY_").rstrip("_").lower() or "service"

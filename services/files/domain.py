@@ -146,6 +146,16 @@ class JobItem:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """What the ingest workers have left, and what the indexes hold, for the metrics."""
+
+    queued_jobs: int
+    queued_items: int
+    oldest_job_age_seconds: float
+    chunks_by_index: dict[str, int]
+
+
+@dataclass(frozen=True)
 class EngineDrop:
     """A deleted index whose chunks are still to be dropped from dense and sparse."""
 

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from services.files.domain import (
     AddSpec,
+    Backlog,
     Directory,
     DirectoryFile,
     EngineDrop,
@@ -175,6 +176,10 @@ class Catalog(Protocol):
 
     async def get_parsed_file(self, job_id: str, worker_id: str, source_file_id: str) -> ParsedFileForRebuild:
         """A rebuild item's parsed text and source-file attributes (lease-checked)."""
+        ...
+
+    async def backlog(self) -> Backlog:
+        """Jobs pending or running, their items not done, the oldest one's age; chunks per index."""
         ...
 
     async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[EngineDrop]:

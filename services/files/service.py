@@ -444,6 +444,9 @@ class FilesService:
     async def get_parsed_file(self, job_id: str, worker_id: str, source_file_id: str) -> d.ParsedFileForRebuild:
         return await self.catalog.get_parsed_file(job_id, worker_id, source_file_id)
 
+    async def backlog(self) -> d.Backlog:
+        return await self.catalog.backlog()
+
     async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[d.EngineDrop]:
         if limit < 0 or min_age_seconds < 0:
             raise InvalidArgument("limit and min_age_seconds must not be negative")

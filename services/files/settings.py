@@ -33,6 +33,8 @@ class FilesSettings(ServiceSettings):
     default_lease_seconds: float = Field(default=60.0, gt=0)
     # A job whose lease expired this many times (its worker died or hung each time) is failed.
     max_job_attempts: int = Field(default=5, ge=1)
+    # How often the backlog and chunk gauges are read from the catalog (when metrics are served).
+    metrics_interval_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

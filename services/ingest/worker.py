@@ -42,6 +42,7 @@ from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
 from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.common.convert import chunk_to_pb
 from services.common.domain import Chunk, MetaValue, chunk_id, files_index_id
+from services.common.telemetry import INGEST_CHUNKS, INGEST_ITEMS
 from services.ingest.cards import build_file_card
 from services.ingest.chunking import ChunkingOptions, TextChunk, chunk_text
 from services.ingest.parsing import Page, ParsedDocument, ParseError
@@ -667,6 +668,8 @@ class IngestWorker:
                 for p in document.pages
             )
         await self._call("CompleteJobItem", self._files.CompleteJobItem, request, lease=True)
+        INGEST_ITEMS.labels("failed" if error else "done").inc()
+        INGEST_CHUNKS.inc(chunk_count)
 
     @staticmethod
     async def _together(*calls: Coroutine[Any, Any, _R]) -> list[_R]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from services.common.telemetry import RERANK_PASSAGES, RERANK_SECONDS
 from services.rerank.errors import RerankError, TooManyPassages
 from services.rerank.ports import Reranker
 
@@ -39,7 +41,10 @@ class RerankService:
         if not passages:
             return Scored([], self.model)
         budget = self._default_timeout if timeout is None else min(timeout, self._default_timeout)
+        started = time.perf_counter()
         scores = await self._reranker.score(query, passages, timeout=budget)
+        RERANK_SECONDS.labels(self.model).observe(time.perf_counter() - started)
+        RERANK_PASSAGES.labels(self.model).inc(len(passages))
         if len(scores) != len(passages):
             raise RerankError(f"reranker returned {len(scores)} scores for {len(passages)} passages")
         return Scored(list(scores), self.model)

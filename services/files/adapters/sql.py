@@ -58,6 +58,7 @@ from sqlalchemy.sql import FromClause, Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.telemetry import instrument_sqlalchemy
 from services.files import domain as d
 from services.files import migrations
 from services.files.paging import encode_cursor
@@ -365,6 +366,7 @@ class SqlCatalog:
     def __init__(self, engine: AsyncEngine, *, clock: Clock = utcnow, schema: str | None = None) -> None:
         self._engine = engine
         self._writer = engine.execution_options(quarry_write=True)
+        instrument_sqlalchemy(engine)
         self._clock = clock
         self._schema = schema
         self._is_sqlite = engine.dialect.name == "sqlite"
@@ -1749,6 +1751,23 @@ class SqlCatalog:
         async with self._read() as conn:
             return [_page_image(r, b"") for r in await conn.execute(query)]
 
+
+    async def backlog(self) -> d.Backlog:
+        """Jobs pending or running, their items not done, the oldest one's age; chunks per index."""
+        open_jobs = jobs.c.status.in_(("pending", "running"))
+        async with self._read() as conn:
+            count, items, oldest = (await conn.execute(
+                select(func.count(), func.coalesce(func.sum(jobs.c.total_items - jobs.c.done_items), 0),
+                       func.min(jobs.c.created_at)).where(open_jobs)
+            )).one()
+            chunks = (await conn.execute(
+                select(parsed_texts.c.index_id, func.sum(parsed_texts.c.chunk_count)).group_by(parsed_texts.c.index_id)
+            )).all()
+        age = 0.0
+        if oldest is not None:
+            oldest = oldest if oldest.tzinfo else oldest.replace(tzinfo=UTC)
+            age = max(0.0, (self._clock() - oldest).total_seconds())
+        return d.Backlog(int(count), int(items), age, {str(i): int(n or 0) for i, n in chunks})
 
     async def list_engine_drops(self, limit: int, min_age_seconds: float) -> list[d.EngineDrop]:
         """The oldest drops requested at least ``min_age_seconds`` ago."""
