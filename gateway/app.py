@@ -21,7 +21,7 @@ from gateway.admission import register as admission_errors
 from gateway.auth import Authenticator
 from gateway.backends import Backends, Stages
 from gateway.cache import Cache, IndexCache, LruCache, RedisCache
-from gateway.routes import catalog, media, pipelines, retrieval
+from gateway.routes import admin, catalog, media, pipelines, retrieval
 from gateway.settings import GatewaySettings
 from gateway.validation import RejectSurrogates
 from services.common.logging import request_id
@@ -125,6 +125,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(catalog.router)
     app.include_router(pipelines.router)
     app.include_router(media.router)
+    app.include_router(admin.router)
 
     app.add_middleware(RejectSurrogates)
     limiter = build_limiter(settings)

@@ -1,5 +1,6 @@
-"""API key -> project. Keys are checked by the files service (stored hashed there); a short
-in-process cache keeps that call off the hot path."""
+"""API key -> identity (project and key). Keys are checked by the files service (stored hashed
+there); a short in-process cache keeps that call off the hot path. A key revoked through this
+gateway is forgotten at once; on other replicas it stops working within ``cache_seconds``."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ class Authenticator:
     def __init__(self, cache_seconds: float, timeout: float) -> None:
         self._ttl = cache_seconds
         self._timeout = timeout
-        self._cache: dict[str, tuple[float, files_pb2.Project]] = {}
+        self._cache: dict[str, tuple[float, files_pb2.Identity]] = {}
 
-    async def project(self, request: Request) -> files_pb2.Project:
+    async def identity(self, request: Request) -> files_pb2.Identity:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -31,20 +32,43 @@ class Authenticator:
         if cached and fresh:
             return cached[1]
         try:
-            project = await request.app.state.backends.files.Authenticate(
+            identity = await request.app.state.backends.files.AuthenticateKey(
                 files_pb2.AuthenticateRequest(api_key=token.strip()), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise HTTPException(401, "invalid API key", headers={"www-authenticate": "Bearer"}) from None
+                raise HTTPException(401, exc.details() or "invalid API key",
+                                    headers={"www-authenticate": "Bearer"}) from None
             raise
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (time.monotonic() + self._ttl, project)
-        return project
+        self._cache[digest] = (time.monotonic() + self._ttl, identity)
+        return identity
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a key from the cache (it was revoked through this gateway)."""
+        for digest in [d for d, (_, i) in self._cache.items() if i.key.id == key_id]:
+            del self._cache[digest]
+
+    def forget_project(self, project_id: str) -> None:
+        for digest in [d for d, (_, i) in self._cache.items() if i.project.id == project_id]:
+            del self._cache[digest]
+
+
+async def current_identity(request: Request) -> files_pb2.Identity:
+    """FastAPI dependency: the caller's identity, or 401."""
+    auth: Authenticator = request.app.state.auth
+    return await auth.identity(request)
 
 
 async def current_project(request: Request) -> files_pb2.Project:
     """FastAPI dependency: the caller's project, or 401."""
-    auth: Authenticator = request.app.state.auth
-    return await auth.project(request)
+    return (await current_identity(request)).project
+
+
+async def admin_identity(request: Request) -> files_pb2.Identity:
+    """FastAPI dependency: the caller's identity when its key is an admin key; 401 or 403 otherwise."""
+    identity = await current_identity(request)
+    if not identity.key.is_admin:
+        raise HTTPException(403, "this route needs an admin API key")
+    return identity

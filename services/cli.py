@@ -1,5 +1,12 @@
-"""The ``quarry`` command: ``up`` (run the stack), ``ingest`` (upload + sync), ``query``, and
-``bench quality|load|scale|ingest|rerank|report`` (the benchmark harness in ``bench/``)."""
+"""The ``quarry`` command: ``up`` (run the stack), ``ingest`` (upload + sync), ``query``,
+``index ls|rm|rebuild``, ``admin keys|projects``, and ``bench ...`` (the harness in ``bench/``).
+
+Conventions: ``--json`` prints the data as JSON on stdout (tables and progress go to stderr or
+are left out); an error is one line on stderr; the exit code tells what happened (``EXIT_*``).
+The gateway and key come from ``--url`` / ``--api-key``, else ``QUARRY_URL`` / ``QUARRY_API_KEY``,
+else the official clients' ``LLAMA_CLOUD_BASE_URL`` / ``LLAMA_CLOUD_API_KEY``, else the local
+stack's defaults.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,8 @@ import os
 import signal
 import sys
 import time
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,20 +34,54 @@ console = Console(stderr=True)
 SAMPLE_DIR = Path(__file__).parent / "sample"
 SAMPLE_INDEX = "sample"
 DataDir = Annotated[Path, typer.Option("--data-dir", envvar="QUARRY_DATA_DIR", help="Where every index lives")]
-Url = Annotated[str, typer.Option("--url", envvar="QUARRY_URL", help="Gateway base URL")]
-ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="QUARRY_API_KEY", show_default=False)]
+Url = Annotated[str, typer.Option("--url", envvar=["QUARRY_URL", "LLAMA_CLOUD_BASE_URL"], help="Gateway base URL")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar=["QUARRY_API_KEY", "LLAMA_CLOUD_API_KEY"],
+                                            show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print the data as JSON on stdout")]
+
+#: Exit codes: bad input on the command line (Click's own), the gateway refused the request (a
+#: 4xx/5xx answer), some files could not be indexed, the gateway could not be reached.
+EXIT_BAD_INPUT = 2
+EXIT_API_ERROR = 3
+EXIT_FILES_FAILED = 4
+EXIT_UNREACHABLE = 5
+
+
+class CliError(Exception):
+    """An error the CLI reports in one line and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text[:300]
+    if isinstance(detail, list):  # FastAPI's validation errors: name the fields
+        return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
+    return str(detail)
 
 
 class Client:
     """A small HTTP client of the gateway for the CLI (the official SDKs work the same way)."""
 
     def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+        self.url = url
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise CliError(f"cannot reach the gateway at {self.url} ({type(exc).__name__}); is `quarry up` running?",
+                           EXIT_UNREACHABLE) from None
+        except httpx.TimeoutException:
+            raise CliError(f"{method} {path}: the gateway did not answer in time", EXIT_UNREACHABLE) from None
         if response.status_code >= 400:
-            raise typer.BadParameter(f"{method} {path} -> {response.status_code}: {response.text}")
+            raise CliError(f"{method} {path} -> {response.status_code}: {_detail(response)}", EXIT_API_ERROR)
         return response.json() if response.content else None
 
     def index_by_name(self, name: str) -> dict[str, Any] | None:
@@ -82,10 +125,11 @@ class Client:
                 progress.update(task, completed=done, total=max(total, 1))
                 if status in ("succeeded", "partially_succeeded", "failed", "cancelled"):
                     if status not in ("succeeded", "partially_succeeded"):
-                        raise typer.BadParameter(f"sync {status}: {(index.get('sync_progress') or {}).get('error')}")
+                        error = (index.get("sync_progress") or {}).get("error")
+                        raise CliError(f"sync {status}: {error}", EXIT_API_ERROR)
                     return index  # type: ignore[no-any-return]
                 time.sleep(0.3)
-        raise typer.BadParameter("sync did not finish in time")
+        raise CliError("the sync did not finish in time", EXIT_UNREACHABLE)
 
     def query(self, index_id: str, text: str, top_k: int, rerank: bool) -> dict[str, Any]:
         return self.call("POST", "/api/v1/retrieval/retrieve", json={  # type: ignore[no-any-return]
@@ -98,10 +142,6 @@ def _files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-#: ``quarry ingest`` exit status when the sync finished but some files failed to index.
-EXIT_FILES_FAILED = 4
 
 
 def print_failures(index: dict[str, Any]) -> int:
@@ -128,7 +168,28 @@ def _key(api_key: str | None, data_dir: Path) -> str:
     stored = data_dir / "api_key"
     if stored.exists():
         return stored.read_text().strip()
-    raise typer.BadParameter("no API key: pass --api-key, set QUARRY_API_KEY, or run `quarry up` first")
+    raise CliError("no API key: pass --api-key, set QUARRY_API_KEY (or LLAMA_CLOUD_API_KEY), or run `quarry up` "
+                   "first", EXIT_BAD_INPUT)
+
+
+def print_json(data: Any) -> None:
+    """Data for scripts: JSON on stdout, nothing else there."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            print(f"quarry {package_version('quarry')}")
+        except PackageNotFoundError:  # run from a tree that is not installed
+            print("quarry (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit")] = False) -> None:
+    """Quarry: self-hosted LlamaCloud-style retrieval."""
 
 
 def print_results(result: dict[str, Any]) -> None:
@@ -201,6 +262,7 @@ def ingest(
     url: Url = "http://127.0.0.1:8000",
     api_key: ApiKey = None,
     data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
 ) -> None:
     """Upload files through the HTTP API, sync the index and wait until it is ready.
 
@@ -208,10 +270,12 @@ def ingest(
     """
     files = _files(path)
     if not files:
-        raise typer.BadParameter(f"no files under {path}")
+        raise CliError(f"no files under {path}", EXIT_BAD_INPUT)
     client = Client(url, _key(api_key, data_dir))
     console.print(f"uploading {len(files)} file(s) to index '{index}'")
-    result = client.ingest(files, index)
+    result = client.ingest(files, index, show=not as_json)
+    if as_json:
+        print_json(result)
     if print_failures(result):
         console.print(f"[yellow]index '{index}' ready without the files above[/] ({result['id']})")
         raise typer.Exit(EXIT_FILES_FAILED)
@@ -227,17 +291,74 @@ def query(
     url: Url = "http://127.0.0.1:8000",
     api_key: ApiKey = None,
     data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
 ) -> None:
     """Print ranked results with scores and file/page."""
     client = Client(url, _key(api_key, data_dir))
-    found = client.index_by_name(index)
+    result = client.query(_index(client, index)["id"], text, top_k, rerank)
+    if as_json:
+        print_json(result)
+    else:
+        print_results(result)
+
+
+def _index(client: Client, name: str) -> dict[str, Any]:
+    found = client.index_by_name(name)
     if found is None:
-        raise typer.BadParameter(f"no index named {index!r}")
-    print_results(client.query(found["id"], text, top_k, rerank))
+        raise CliError(f"no index named {name!r} (quarry index ls lists them)", EXIT_BAD_INPUT)
+    return found
 
 
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of the project")
 app.add_typer(index_app, name="index")
+
+
+@index_app.command("ls")
+def index_ls(
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """The project's indexes: name, id, sync status, files, last sync."""
+    client = Client(url, _key(api_key, data_dir))
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"page_size": 100}
+    while True:
+        page = client.call("GET", "/api/v1/indexes", params=params)
+        items += page["items"]
+        params["page_token"] = page.get("next_page_token")
+        if not params["page_token"]:
+            break
+    if as_json:
+        print_json(items)
+        return
+    table = Table()
+    for col in ("name", "id", "status", "files", "last synced"):
+        table.add_column(col, overflow="fold")
+    for i in items:
+        progress = i.get("sync_progress") or {}
+        table.add_row(i["name"], i["id"], i.get("sync_status") or "", str(progress.get("total_items", "")),
+                      i.get("last_synced_at") or "")
+    Console().print(table)
+
+
+@index_app.command("rm")
+def index_rm(
+    name: Annotated[str, typer.Argument(help="Index name")],
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Delete an index and its chunks (its source directory and files stay)."""
+    client = Client(url, _key(api_key, data_dir))
+    index = _index(client, name)
+    client.call("DELETE", f"/api/v1/indexes/{index['id']}")
+    if as_json:
+        print_json({"deleted": index["id"]})
+    else:
+        console.print(f"[green]index '{name}' deleted[/] ({index['id']})")
 
 
 @index_app.command("rebuild")
@@ -250,15 +371,151 @@ def index_rebuild(
 ) -> None:
     """Re-index an index's stored parsed texts into its engines (a damaged keyword index), and wait."""
     client = Client(url, _key(api_key, data_dir))
-    index = client.index_by_name(name)
-    if index is None:
-        raise typer.BadParameter(f"no index named {name!r}")
+    index = _index(client, name)
     job = client.call("POST", f"/api/v1/indexes/{index['id']}/rebuild", json={"engines": engines or None})
     console.print(f"rebuilding {', '.join(engines or ['dense', 'sparse'])} of index '{name}' "
                   f"from {job['total_items']} parsed file(s)")
     result = client.wait(index["id"], job, show=True)
     print_failures(result)
     console.print(f"[green]index '{name}' rebuilt[/]")
+
+
+admin_app = typer.Typer(no_args_is_help=True, help="Administration (needs an admin API key)")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys")
+projects_app = typer.Typer(no_args_is_help=True, help="Projects")
+admin_app.add_typer(keys_app, name="keys")
+admin_app.add_typer(projects_app, name="projects")
+app.add_typer(admin_app, name="admin")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table()
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    Console().print(table)
+
+
+def _project_id(client: Client, name_or_id: str) -> str:
+    for project in client.call("GET", "/api/v1/admin/projects"):
+        if name_or_id in (project["id"], project["name"]):
+            return str(project["id"])
+    raise CliError(f"no project named {name_or_id!r} (quarry admin projects list)", EXIT_BAD_INPUT)
+
+
+KEY_COLUMNS = ["id", "project_id", "name", "is_admin", "created_at", "expires_at", "revoked_at", "last_used_at"]
+PROJECT_COLUMNS = ["id", "name", "is_default", "created_at"]
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str | None, typer.Option(help="Project name or id (default: the caller's)")] = None,
+    name: Annotated[str, typer.Option(help="What the key is for")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="The key may call the admin API")] = False,
+    expires_in_days: Annotated[float | None, typer.Option(min=0.001, help="Days until it expires")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Create a key; its secret is printed once."""
+    client = Client(url, _key(api_key, data_dir))
+    body: dict[str, Any] = {"name": name, "is_admin": admin, "expires_in_days": expires_in_days}
+    if project:
+        body["project_id"] = _project_id(client, project)
+    created = client.call("POST", "/api/v1/admin/keys", json=body)
+    if as_json:
+        print_json(created)
+        return
+    console.print(f"key {created['id']} for project {created['project_id']}; the secret (shown only now):")
+    print(created["api_key"])
+
+
+@keys_app.command("list")
+def keys_list(
+    project: Annotated[str | None, typer.Option(help="Project name or id (default: every project)")] = None,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Keys (never their secrets)."""
+    client = Client(url, _key(api_key, data_dir))
+    params = {"project_id": _project_id(client, project)} if project else {}
+    keys = client.call("GET", "/api/v1/admin/keys", params=params)
+    if as_json:
+        print_json(keys)
+    else:
+        _table(keys, KEY_COLUMNS)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (quarry admin keys list)")],
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Revoke a key: refused at once by this gateway, within 10 s by every other replica."""
+    key = Client(url, _key(api_key, data_dir)).call("DELETE", f"/api/v1/admin/keys/{key_id}")
+    if as_json:
+        print_json(key)
+    else:
+        console.print(f"[green]key {key_id} revoked[/] at {key['revoked_at']}")
+
+
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str, typer.Argument(help="Project name")],
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Create an empty project (then `quarry admin keys create --project NAME`)."""
+    project = Client(url, _key(api_key, data_dir)).call("POST", "/api/v1/admin/projects", json={"name": name})
+    if as_json:
+        print_json(project)
+    else:
+        console.print(f"[green]project '{name}' created[/] ({project['id']})")
+
+
+@projects_app.command("list")
+def projects_list(
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Every project."""
+    projects = Client(url, _key(api_key, data_dir)).call("GET", "/api/v1/admin/projects")
+    if as_json:
+        print_json(projects)
+    else:
+        _table(projects, PROJECT_COLUMNS)
+
+
+@projects_app.command("delete")
+def projects_delete(
+    project: Annotated[str, typer.Argument(help="Project name or id")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation")] = False,
+    url: Url = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Delete a project with its indexes, files, keys and chunks in every engine."""
+    client = Client(url, _key(api_key, data_dir))
+    project_id = _project_id(client, project)
+    if not yes and not typer.confirm(f"delete project {project!r} and everything in it?", err=True):
+        raise CliError("not deleted", EXIT_BAD_INPUT)
+    deleted = client.call("DELETE", f"/api/v1/admin/projects/{project_id}")
+    if as_json:
+        print_json(deleted)
+    else:
+        console.print(f"[green]project {project!r} deleted[/] with {len(deleted['deleted_index_ids'])} index(es)")
 
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks through the public API (needs the `bench` extra)")
@@ -466,9 +723,28 @@ def bench_report() -> None:
     console.print(f"[green]wrote[/] {report.DOCS}")
 
 
-def main() -> None:
+def main() -> int:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    app(prog_name="quarry")
+    try:
+        code = app(prog_name="quarry", standalone_mode=False)
+    except CliError as exc:
+        console.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        return exc.code
+    except typer.Abort:
+        console.print("aborted")
+        return 130
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: Click's message, exit 2
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
+    except Exception as exc:
+        if os.environ.get("QUARRY_DEBUG"):
+            raise
+        console.print(f"[red]error:[/] {type(exc).__name__}: {exc} (QUARRY_DEBUG=1 shows the traceback)",
+                      soft_wrap=True, highlight=False)
+        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

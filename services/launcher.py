@@ -295,7 +295,9 @@ class Stack:
             project = stub.EnsureProject(files_pb2.EnsureProjectRequest(name=DEFAULT_PROJECT), timeout=10,
                                          metadata=self.call_metadata)
             key = stub.CreateApiKey(
-                files_pb2.CreateApiKeyRequest(project_id=project.id, api_key=wanted), timeout=10,
+                # The local stack's key is its administrator's: it may call /api/v1/admin too.
+                files_pb2.CreateApiKeyRequest(project_id=project.id, api_key=wanted, name="quarry up", is_admin=True),
+                timeout=10,
                 metadata=self.call_metadata,
             ).api_key
         if not self.api_key:

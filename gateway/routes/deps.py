@@ -63,6 +63,12 @@ async def remove_index(request: Request, project: files_pb2.Project, index_id: s
         files_pb2.DeleteIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
     )
     request.app.state.indexes.forget(project.id, index_id)
+    await drop_from_engines(request, index_id)
+
+
+async def drop_from_engines(request: Request, index_id: str) -> None:
+    """Drop a deleted index's chunks from both engines and complete its engine drop; when an engine
+    does not finish in time the ingest worker completes the recorded drop later."""
     try:
         await request.app.state.backends.drop_index(index_id, settings_of(request).request_timeout_seconds)
     except (grpc.aio.AioRpcError, TimeoutError) as exc:

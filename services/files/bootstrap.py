@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.files.adapters.sql import Clock, SqlCatalog, utcnow
 from services.files.service import FilesService
 from services.files.settings import FilesSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,18 @@ class Files:
     service: FilesService
     ready: Callable[[], Awaitable[bool]]
     close: Callable[[], Awaitable[None]]
+
+
+async def register_admin_key(service: FilesService, settings: FilesSettings) -> None:
+    """The configured bootstrap admin key, as an admin key of the "Default" project (idempotent)."""
+    key = settings.admin_key.get_secret_value() if settings.admin_key else ""
+    if settings.admin_key_file is not None:
+        key = settings.admin_key_file.read_text().strip()
+    if not key:
+        return
+    project = await service.ensure_project("Default")
+    await service.create_api_key(project.id, key, name="bootstrap admin", is_admin=True)
+    log.info("bootstrap admin key registered for project Default")
 
 
 async def bootstrap(settings: FilesSettings, *, clock: Clock = utcnow) -> Files:
@@ -43,4 +58,9 @@ async def bootstrap(settings: FilesSettings, *, clock: Clock = utcnow) -> Files:
     service = FilesService(
         catalog, default_lease_seconds=settings.default_lease_seconds, max_job_attempts=settings.max_job_attempts
     )
+    try:
+        await register_admin_key(service, settings)
+    except BaseException:
+        await catalog.close()
+        raise
     return Files(service=service, ready=catalog.ready, close=catalog.close)

@@ -31,6 +31,28 @@ class Project:
 
 
 @dataclass(frozen=True)
+class ApiKey:
+    """An API key as an administrator sees it: never the secret, only its id and properties."""
+
+    id: str
+    project_id: str
+    name: str
+    is_admin: bool
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who an authenticated caller is: the key's project and the key itself."""
+
+    project: Project
+    key: ApiKey
+
+
+@dataclass(frozen=True)
 class Directory:
     id: str
     project_id: str

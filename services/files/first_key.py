@@ -22,8 +22,9 @@ async def create_first_key(settings: FilesSettings, api_key: str = "") -> str:
     try:
         files = channels.stub(files_pb2_grpc.FilesStub, f"127.0.0.1:{settings.port}")
         project = await files.EnsureProject(files_pb2.EnsureProjectRequest(name=DEFAULT_PROJECT), timeout=10)
-        created = await files.CreateApiKey(files_pb2.CreateApiKeyRequest(project_id=project.id, api_key=api_key),
-                                           timeout=10)
+        created = await files.CreateApiKey(
+            files_pb2.CreateApiKeyRequest(project_id=project.id, api_key=api_key, name="first key", is_admin=True),
+            timeout=10)
         return str(created.api_key)
     finally:
         await channels.close()

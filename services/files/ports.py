@@ -8,10 +8,12 @@ of other projects; worker-protocol methods are internal and take ids only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from services.files.domain import (
     AddSpec,
+    ApiKey,
     Backlog,
     Directory,
     DirectoryFile,
@@ -20,6 +22,7 @@ from services.files.domain import (
     FileRef,
     FileStatus,
     FoundFile,
+    Identity,
     Index,
     Job,
     JobItem,
@@ -51,12 +54,27 @@ class Catalog(Protocol):
     async def close(self) -> None: ...
 
     # projects and keys
-    async def project_for_key_hash(self, key_hash: str) -> Project | None: ...
+    def now(self) -> datetime:
+        """The catalog's clock (stored times compare with it)."""
+        ...
+
+    async def identity_for_key_hash(self, key_hash: str) -> Identity | None: ...
+    async def mark_key_used(self, key_id: str, at: datetime, min_interval: timedelta) -> None: ...
+    async def list_api_keys(self, project_id: str) -> list[ApiKey]: ...
+    async def revoke_api_key(self, key_id: str) -> ApiKey: ...
+    async def create_project(self, name: str) -> Project: ...
+    async def rename_project(self, project_id: str, name: str) -> Project: ...
+
+    async def delete_project(self, project_id: str) -> list[str]:
+        """Delete the project with all it owns (engine drops recorded); the deleted index ids."""
+        ...
+
     async def ensure_project(self, name: str) -> Project: ...
     async def get_project(self, project_id: str) -> Project: ...
     async def list_projects(self, name: str) -> list[Project]: ...
 
-    async def add_api_key(self, project_id: str, key_hash: str) -> None:
+    async def add_api_key(self, project_id: str, key_hash: str, *, name: str = "", is_admin: bool = False,
+                          expires_at: datetime | None = None) -> ApiKey:
         """Map a key hash to a project; idempotent for the same project, AlreadyExists otherwise."""
         ...
 

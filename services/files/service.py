@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import secrets
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import re2
 
@@ -25,6 +27,21 @@ ENSURED_DIRECTORY_TYPES = (*USER_DIRECTORY_TYPES, "files", "pipeline")
 # A listing that carries file bytes holds at most this many files per page.
 MAX_CONTENT_PAGE_SIZE = 100
 MAX_PAGE_IMAGE_FILES = 1000
+# A key's last use is recorded at this resolution (one write per key per minute at most).
+KEY_USE_RESOLUTION = timedelta(minutes=1)
+MAX_KEY_NAME = 200
+MAX_PROJECT_NAME = 200
+
+log = logging.getLogger(__name__)
+
+
+def _project_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidArgument("name is required")
+    if len(name) > MAX_PROJECT_NAME:
+        raise InvalidArgument(f"name: at most {MAX_PROJECT_NAME} characters")
+    return name
 
 
 def hash_key(api_key: str) -> str:
@@ -117,15 +134,25 @@ class FilesService:
 
     # -- projects and keys
 
-    async def authenticate(self, api_key: str) -> d.Project:
-        """The project an API key belongs to; UNAUTHENTICATED for an empty or unknown key."""
+    async def authenticate(self, api_key: str) -> d.Identity:
+        """The project and key of an API key; UNAUTHENTICATED for an empty, unknown, revoked or
+        expired key. A use is recorded at most once a minute per key."""
         if not api_key:
             raise Unauthenticated("missing api key")
         # Looked up by its sha256: the key itself is never compared (nor stored).
-        project = await self.catalog.project_for_key_hash(hash_key(api_key))
-        if project is None:
+        identity = await self.catalog.identity_for_key_hash(hash_key(api_key))
+        if identity is None:
             raise Unauthenticated("invalid api key")
-        return project
+        now = self.catalog.now()
+        if identity.key.revoked_at is not None:
+            raise Unauthenticated("api key revoked")
+        if identity.key.expires_at is not None and identity.key.expires_at <= now:
+            raise Unauthenticated("api key expired")
+        try:
+            await self.catalog.mark_key_used(identity.key.id, now, KEY_USE_RESOLUTION)
+        except Exception as exc:  # recording a use never fails the request it belongs to
+            log.warning("could not record the use of key %s: %s", identity.key.id, type(exc).__name__)
+        return identity
 
     async def ensure_project(self, name: str) -> d.Project:
         if not name:
@@ -138,11 +165,35 @@ class FilesService:
     async def list_projects(self, name: str) -> list[d.Project]:
         return await self.catalog.list_projects(name)
 
-    async def create_api_key(self, project_id: str, api_key: str) -> str:
-        """Register ``api_key`` (or a random one) for the project; the key is returned only here."""
-        key = api_key or secrets.token_urlsafe(32)
-        await self.catalog.add_api_key(project_id, hash_key(key))
-        return key
+    async def create_api_key(self, project_id: str, api_key: str = "", *, name: str = "", is_admin: bool = False,
+                             expires_at: datetime | None = None) -> tuple[str, d.ApiKey]:
+        """Register ``api_key`` (or a random one) for the project; the secret is returned only here."""
+        if expires_at is not None and expires_at <= self.catalog.now():
+            raise InvalidArgument("expires_at must be in the future")
+        if len(name) > MAX_KEY_NAME:
+            raise InvalidArgument(f"name: at most {MAX_KEY_NAME} characters")
+        secret = api_key or "qk-" + secrets.token_urlsafe(32)
+        key = await self.catalog.add_api_key(project_id, hash_key(secret), name=name, is_admin=is_admin,
+                                             expires_at=expires_at)
+        return secret, key
+
+    async def list_api_keys(self, project_id: str) -> list[d.ApiKey]:
+        return await self.catalog.list_api_keys(project_id)
+
+    async def revoke_api_key(self, key_id: str) -> d.ApiKey:
+        if not key_id:
+            raise InvalidArgument("key_id is required")
+        return await self.catalog.revoke_api_key(key_id)
+
+    async def create_project(self, name: str) -> d.Project:
+        return await self.catalog.create_project(_project_name(name))
+
+    async def rename_project(self, project_id: str, name: str) -> d.Project:
+        return await self.catalog.rename_project(project_id, _project_name(name))
+
+    async def delete_project(self, project_id: str) -> list[str]:
+        """Delete a project and what it owns; the ids of its deleted indexes (engine drops recorded)."""
+        return await self.catalog.delete_project(project_id)
 
     # -- directories and files
 

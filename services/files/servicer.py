@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from services._proto.quarry.files.v1 import files_pb2 as pb
 from services._proto.quarry.files.v1 import files_pb2_grpc
-from services.common.errors import mapped
+from services.common.errors import InvalidArgument, mapped
 from services.files import domain as d
 from services.files.service import FilesService
 
@@ -26,9 +26,22 @@ def rfc3339(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_time(value: str, field: str) -> datetime | None:
+    """An RFC 3339 request field ("" -> None); INVALID_ARGUMENT naming ``field`` otherwise."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidArgument(f"{field}: not an RFC 3339 time: {value!r}") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 # Each domain dataclass and the message with the same field names (checked by the unit tests).
 MESSAGES: dict[type, type[Message]] = {
     d.Project: pb.Project,
+    d.ApiKey: pb.ApiKey,
+    d.Identity: pb.Identity,
     d.Directory: pb.Directory,
     d.DirectoryFile: pb.DirectoryFile,
     d.Job: pb.Job,
@@ -88,7 +101,39 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
     @mapped
     async def Authenticate(self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext) -> pb.Project:
         """The project of an API key; UNAUTHENTICATED when unknown."""
+        return to_pb((await self._svc.authenticate(request.api_key)).project)
+
+    @mapped
+    async def AuthenticateKey(self, request: pb.AuthenticateRequest, context: grpc.aio.ServicerContext) -> pb.Identity:
+        """The project and key of an API key; UNAUTHENTICATED when unknown, revoked or expired."""
         return to_pb(await self._svc.authenticate(request.api_key))
+
+    @mapped
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListApiKeysResponse:
+        """The keys of a project (or of all), never their secrets."""
+        return pb.ListApiKeysResponse(keys=[to_pb(k) for k in await self._svc.list_api_keys(request.project_id)])
+
+    @mapped
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.ApiKey:
+        """Revoke a key by id (idempotent)."""
+        return to_pb(await self._svc.revoke_api_key(request.key_id))
+
+    @mapped
+    async def CreateProject(self, request: pb.CreateProjectRequest, context: grpc.aio.ServicerContext) -> pb.Project:
+        """A new project (ALREADY_EXISTS when the name is taken)."""
+        return to_pb(await self._svc.create_project(request.name))
+
+    @mapped
+    async def RenameProject(self, request: pb.RenameProjectRequest, context: grpc.aio.ServicerContext) -> pb.Project:
+        """Rename a project."""
+        return to_pb(await self._svc.rename_project(request.project_id, request.name))
+
+    @mapped
+    async def DeleteProject(self, request: pb.DeleteProjectRequest,
+                            context: grpc.aio.ServicerContext) -> pb.DeleteProjectResponse:
+        """Delete a project and all it owns."""
+        return pb.DeleteProjectResponse(index_ids=await self._svc.delete_project(request.project_id))
 
     @mapped
     async def EnsureProject(self, request: pb.EnsureProjectRequest, context: grpc.aio.ServicerContext) -> pb.Project:
@@ -112,7 +157,10 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateApiKeyResponse:
         """Register the given key (or a random one) for the project."""
-        return pb.CreateApiKeyResponse(api_key=await self._svc.create_api_key(request.project_id, request.api_key))
+        secret, key = await self._svc.create_api_key(
+            request.project_id, request.api_key, name=request.name, is_admin=request.is_admin,
+            expires_at=parse_time(request.expires_at, "expires_at"))
+        return pb.CreateApiKeyResponse(api_key=secret, key=to_pb(key))
 
     # -- directories and files
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -33,6 +33,10 @@ class FilesSettings(ServiceSettings):
     default_lease_seconds: float = Field(default=60.0, gt=0)
     # A job whose lease expired this many times (its worker died or hung each time) is failed.
     max_job_attempts: int = Field(default=5, ge=1)
+    # The bootstrap admin key (a Secret in the cluster, as a file): registered at start as an admin
+    # key of the "Default" project. Either the key itself or a file holding it.
+    admin_key: SecretStr | None = None
+    admin_key_file: Path | None = None
     # How often the backlog and chunk gauges are read from the catalog (when metrics are served).
     metrics_interval_seconds: float = Field(default=15.0, gt=0)
 

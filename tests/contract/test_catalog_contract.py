@@ -164,14 +164,15 @@ async def test_auth_and_projects(svc: FilesService, clock: FakeClock) -> None:
     assert {p.id for p in await svc.list_projects("")} == {p1.id, p2.id}
     assert (await svc.get_project(p2.id)).name == "other"
 
-    assert await svc.create_api_key(p1.id, "secret-1") == "secret-1"
-    assert await svc.create_api_key(p1.id, "secret-1") == "secret-1"  # idempotent
+    secret, key = await svc.create_api_key(p1.id, "secret-1")
+    assert secret == "secret-1" and key.project_id == p1.id and not key.is_admin
+    assert (await svc.create_api_key(p1.id, "secret-1")) == (secret, key)  # idempotent
     with pytest.raises(AlreadyExists):
         await svc.create_api_key(p2.id, "secret-1")
-    generated = await svc.create_api_key(p2.id, "")
+    generated, _ = await svc.create_api_key(p2.id, "")
     assert len(generated) >= 32
-    assert (await svc.authenticate("secret-1")).id == p1.id
-    assert (await svc.authenticate(generated)).id == p2.id
+    assert (await svc.authenticate("secret-1")).project.id == p1.id
+    assert (await svc.authenticate(generated)).project.id == p2.id
     for bad in ("secret-2", ""):
         with pytest.raises(Unauthenticated):
             await svc.authenticate(bad)
@@ -179,6 +180,91 @@ async def test_auth_and_projects(svc: FilesService, clock: FakeClock) -> None:
         await svc.get_project("nope")
     with pytest.raises(NotFound):
         await svc.create_api_key("nope", "k")
+
+
+async def test_key_administration(svc: FilesService, clock: FakeClock) -> None:
+    default = await svc.ensure_project("Default")
+    other = await svc.create_project("team-a")
+    with pytest.raises(AlreadyExists):
+        await svc.create_project("team-a")
+    admin_secret, admin = await svc.create_api_key(default.id, "", name="ops", is_admin=True)
+    assert admin_secret.startswith("qk-") and admin.is_admin and admin.name == "ops"
+    secret, key = await svc.create_api_key(other.id, "", name="ci", expires_at=clock.now + timedelta(hours=1))
+    assert key.expires_at is not None and key.last_used_at is None
+    with pytest.raises(InvalidArgument):
+        await svc.create_api_key(other.id, "", expires_at=clock.now - timedelta(seconds=1))
+
+    # A use is recorded, at most once a minute.
+    used = await svc.authenticate(secret)
+    assert used.project.id == other.id and used.key.id == key.id
+    (listed,) = await svc.list_api_keys(other.id)
+    first_use = listed.last_used_at
+    assert first_use is not None
+    await svc.authenticate(secret)
+    assert (await svc.list_api_keys(other.id))[0].last_used_at == first_use
+    clock.advance(61)
+    await svc.authenticate(secret)
+    assert (await svc.list_api_keys(other.id))[0].last_used_at > first_use
+    assert {k.id for k in await svc.list_api_keys("")} == {admin.id, key.id}
+
+    # Expiry and revocation both refuse the key; revoking twice keeps the first time.
+    clock.advance(3600)
+    with pytest.raises(Unauthenticated, match="expired"):
+        await svc.authenticate(secret)
+    revoked = await svc.revoke_api_key(admin.id)
+    assert revoked.revoked_at is not None
+    assert (await svc.revoke_api_key(admin.id)).revoked_at == revoked.revoked_at
+    with pytest.raises(Unauthenticated, match="revoked"):
+        await svc.authenticate(admin_secret)
+    with pytest.raises(NotFound):
+        await svc.revoke_api_key("no-such-key")
+
+    renamed = await svc.rename_project(other.id, "team-b")
+    assert renamed.name == "team-b" and renamed.updated_at > other.updated_at
+    with pytest.raises(AlreadyExists):
+        await svc.rename_project(other.id, "Default")
+    with pytest.raises(InvalidArgument):
+        await svc.create_project("  ")
+
+
+async def test_deleting_a_project_deletes_what_it_owns_and_records_engine_drops(svc: FilesService) -> None:
+    default = await svc.ensure_project("Default")
+    doomed = await svc.create_project("doomed")
+    kept_id, kept_dir = await _project_with_dir(svc)
+    made = []
+    for pid, did in ((doomed.id, (await svc.create_directory(doomed.id, "docs", "", "user")).id), (kept_id, kept_dir)):
+        await svc.upload_file(pid, did, display_name="a.txt", content=b"shared bytes", metadata_json="{}")
+        made.append(await svc.create_index(pid, name="ix", description="", source_directory_id=did))
+    doomed_index = made[0]
+    secret, _ = await svc.create_api_key(doomed.id, "")
+    with pytest.raises(FailedPrecondition):
+        await svc.delete_project(default.id)
+
+    assert await svc.delete_project(doomed.id) == [doomed_index.id]
+    with pytest.raises(NotFound):
+        await svc.get_project(doomed.id)
+    with pytest.raises(Unauthenticated):
+        await svc.authenticate(secret)
+    drops = await svc.list_engine_drops(10, 0)
+    assert [(x.index_id, x.project_id) for x in drops] == [(doomed_index.id, doomed.id)]
+    # The other project's file with the same bytes is intact.
+    kept = await svc.get_directory_file(kept_id, kept_dir, unique_id="a.txt", include_content=True)
+    assert kept.content == b"shared bytes"
+    with pytest.raises(NotFound):
+        await svc.delete_project(doomed.id)
+
+
+async def test_backlog(svc: FilesService) -> None:
+    empty = await svc.backlog()
+    assert (empty.queued_jobs, empty.queued_items, empty.chunks_by_index) == (0, 0, {})
+    pid, did = await _project_with_dir(svc)
+    await svc.upload_file(pid, did, display_name="a.txt", content=b"one", metadata_json="{}")
+    await svc.upload_file(pid, did, display_name="b.txt", content=b"two", metadata_json="{}")
+    index = await svc.create_index(pid, name="ix", description="", source_directory_id=did)
+    await svc.start_sync(pid, index.id)
+    queued = await svc.backlog()
+    assert (queued.queued_jobs, queued.queued_items) == (1, 2)
+    assert queued.oldest_job_age_seconds >= 0
 
 
 async def test_upload_versioning(svc: FilesService) -> None:
@@ -1145,7 +1231,10 @@ async def test_an_upgrade_from_0001_keeps_every_row(database: Database, versione
         assert after == {**before, "page_images": 0, "engine_drops": 0}
         assert await _inspect(database, _differences) == []
         # The defaults of the new columns, and the old rows through the service.
-        project = await svc.authenticate("old-key")
+        identity = await svc.authenticate("old-key")
+        assert (identity.key.is_admin, identity.key.name, identity.key.revoked_at) == (False, "", None)
+        assert identity.key.id  # keys made before 0004 got an id
+        project = identity.project
         index = await svc.get_index(project.id, "ix")
         assert (index.kind, index.config_json, index.last_job_failed_items, index.generation) == ("index", "{}", 0, 1)
         assert index.last_job is not None and index.last_job.id == "j"

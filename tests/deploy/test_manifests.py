@@ -234,7 +234,7 @@ def test_env_entries_are_well_formed(docs: list[Doc]) -> None:
                 assert ("value" in e) != ("valueFrom" in e), f"{w['metadata']['name']}: {e['name']}"
 
 
-SECRETS = {"quarry-endpoints", "quarry-engine-credentials", "quarry-gateway", "quarry-service-auth"}
+SECRETS = {"quarry-admin-key", "quarry-endpoints", "quarry-engine-credentials", "quarry-gateway", "quarry-service-auth"}
 
 
 def secret_refs(docs: list[Doc]) -> set[tuple[str, str]]:

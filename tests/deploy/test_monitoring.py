@@ -95,7 +95,8 @@ def test_every_dashboard_query_names_exported_metrics() -> None:
 def test_every_alert_names_exported_metrics() -> None:
     rules = yaml.safe_load((MONITORING / "rules.yaml").read_text())
     alerts = {r["alert"]: r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]}
-    assert {"QuarryHighErrorRate", "QuarryDegradedAnswers", "QuarryIngestBacklogOld", "QuarryProcessDown"} <= set(alerts)
+    wanted = {"QuarryHighErrorRate", "QuarryDegradedAnswers", "QuarryIngestBacklogOld", "QuarryProcessDown"}
+    assert wanted <= set(alerts)
     assert not {a: check_expr(e) for a, e in alerts.items() if check_expr(e)}
 
 
@@ -115,7 +116,8 @@ def test_the_pod_monitor_scrapes_ports_every_process_has(combo: Combination, tmp
     ports = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
     for name, deployment in quarry_deployments(docs).items():
         template = deployment["spec"]["template"]
-        assert all(template["metadata"]["labels"].get(k) == v for k, v in monitor["spec"]["selector"]["matchLabels"].items())
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        assert all(template["metadata"]["labels"].get(k) == v for k, v in selector.items())
         (container,) = template["spec"]["containers"]
         named = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         assert ports & set(named), f"{name} exposes none of {ports}"

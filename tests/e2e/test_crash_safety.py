@@ -14,13 +14,11 @@ import httpx
 import pytest
 
 from bench.faults import serving
-from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
 from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
-from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.ingest.chunking import chunk_text
 from services.ingest.parsing import parse
 from services.launcher import BACKENDS, Stack
-from tests.e2e.stack import running_stack
+from tests.e2e.stack import engine_counts, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -80,12 +78,7 @@ def _wait_synced(http: httpx.Client, index_id: str, timeout: float = 300) -> dic
 
 def _counted(stack: Stack, index_id: str) -> dict[str, int]:
     """Chunks of the index in dense and in sparse."""
-    md = stack.call_metadata
-    with grpc.insecure_channel(stack.addresses["dense"]) as d, grpc.insecure_channel(stack.addresses["sparse"]) as s:
-        dense = dense_pb2_grpc.DenseSearchStub(d).Count(dense_pb2.CountRequest(index_id=index_id), timeout=30,
-                                                         metadata=md).count
-        sparse = sparse_pb2_grpc.SparseSearchStub(s).Count(sparse_pb2.CountRequest(index_id=index_id), timeout=30,
-                                                             metadata=md).count
+    dense, sparse = engine_counts(stack, index_id)
     return {"dense": dense, "sparse": sparse}
 
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import grpc
 import httpx
 import pytest
 
-from services._proto.quarry.dense.v1 import dense_pb2, dense_pb2_grpc
-from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.ingest.chunking import chunk_text
 from services.ingest.parsing import parse
 from services.launcher import Stack
+from tests.e2e.stack import engine_counts
 
 pytestmark = pytest.mark.e2e
 
@@ -53,12 +51,7 @@ def progress(http: httpx.Client, index_id: str) -> tuple[str, int, int]:
 
 
 def count(stack: Stack, index_id: str) -> tuple[int, int]:
-    with grpc.insecure_channel(stack.addresses["dense"]) as d, grpc.insecure_channel(stack.addresses["sparse"]) as s:
-        dense = dense_pb2_grpc.DenseSearchStub(d).Count(dense_pb2.CountRequest(index_id=index_id), timeout=10,
-                                                         metadata=stack.call_metadata).count
-        sparse = sparse_pb2_grpc.SparseSearchStub(s).Count(sparse_pb2.CountRequest(index_id=index_id), timeout=10,
-                                                             metadata=stack.call_metadata).count
-    return dense, sparse
+    return engine_counts(stack, index_id, timeout=10)
 
 
 def test_killed_worker_leaves_the_job_to_the_next_one(stack: Stack) -> None:

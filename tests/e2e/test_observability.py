@@ -41,7 +41,7 @@ class Collector(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the OTLP method name
+    def Export(self, request: Any, context: Any) -> Any:
         with self._lock:
             for resource_spans in request.resource_spans:
                 service = next((a.value.string_value for a in resource_spans.resource.attributes

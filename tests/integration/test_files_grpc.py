@@ -288,8 +288,23 @@ async def test_first_key_creates_the_default_project_through_the_pods_own_creden
         mine = settings.model_copy(update={"port": running.port})
         key = await create_first_key(mine, "qk-first")
         assert key == "qk-first"
-        project = await files.service.authenticate("qk-first")
-        assert project.name == "Default"
+        identity = await files.service.authenticate("qk-first")
+        assert identity.project.name == "Default" and identity.key.is_admin
     finally:
         await running.stop(0)
         await files.close()
+
+
+async def test_the_bootstrap_admin_key_from_a_secret_file(tmp_path: Path) -> None:
+    """The cluster's admin key: a mounted Secret, registered at start (again after a restart)."""
+    secret = tmp_path / "admin-key"
+    secret.write_text("qk-bootstrap-admin\n")
+    settings = FilesSettings(data_dir=tmp_path, port=0, service_auth=AUTH, admin_key_file=secret)
+    for _ in range(2):  # idempotent across restarts
+        files = await bootstrap(settings)
+        try:
+            identity = await files.service.authenticate("qk-bootstrap-admin")
+            assert identity.project.name == "Default" and identity.key.is_admin
+            assert identity.key.name == "bootstrap admin"
+        finally:
+            await files.close()

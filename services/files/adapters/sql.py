@@ -114,6 +114,13 @@ api_keys = Table(
     Column("key_hash", String(64), primary_key=True),
     Column("project_id", _ID, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("created_at", _TS, nullable=False),
+    # 0004: keys an administrator can list and revoke by id (the secret is never stored).
+    Column("id", _ID, nullable=False, index=True, unique=True),
+    Column("name", Text, nullable=False, server_default=text("''")),
+    Column("is_admin", Boolean, nullable=False, server_default=false()),
+    Column("expires_at", _TS, nullable=True),
+    Column("revoked_at", _TS, nullable=True),
+    Column("last_used_at", _TS, nullable=True),
 )
 
 directories = Table(
@@ -459,17 +466,103 @@ class SqlCatalog:
 
     # -- projects and keys
 
-    async def project_for_key_hash(self, key_hash: str) -> d.Project | None:
-        """The project a key hash maps to, or None."""
+    def now(self) -> datetime:
+        """The catalog's clock."""
+        return self._clock()
+
+    async def identity_for_key_hash(self, key_hash: str) -> d.Identity | None:
+        """The project and the key a key hash belongs to (revoked or expired ones too), or None."""
         async with self._read() as conn:
             row = (
                 await conn.execute(
-                    select(projects, api_keys.c.key_hash)
+                    select(projects, *[c.label(f"key_{c.name}") for c in api_keys.c])
                     .join(api_keys, api_keys.c.project_id == projects.c.id)
                     .where(api_keys.c.key_hash == key_hash)
                 )
             ).first()
-        return _from_row(d.Project, row) if row is not None else None
+        if row is None:
+            return None
+        key = d.ApiKey(**{f: row._mapping[f"key_{f}"] for f in _field_names(d.ApiKey)})
+        return d.Identity(_from_row(d.Project, row), key)
+
+    async def mark_key_used(self, key_id: str, at: datetime, min_interval: timedelta) -> None:
+        """Record a use of the key, at most once per ``min_interval`` (a write per request would not do)."""
+        async with self._write() as conn:
+            await conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id,
+                       or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < at - min_interval))
+                .values(last_used_at=at)
+            )
+
+    async def list_api_keys(self, project_id: str) -> list[d.ApiKey]:
+        """The keys of a project ("" : of every project), oldest first."""
+        query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if project_id:
+            query = query.where(api_keys.c.project_id == project_id)
+        async with self._read() as conn:
+            if project_id:
+                await self._project_row(conn, project_id)
+            return [_from_row(d.ApiKey, r) for r in (await conn.execute(query)).all()]
+
+    async def revoke_api_key(self, key_id: str) -> d.ApiKey:
+        """Mark the key revoked (idempotent: the first revocation time stays)."""
+        async with self._write() as conn:
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).first()
+            if row is None:
+                raise NotFound(f"api key {key_id} not found")
+            if row.revoked_at is None:
+                await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=self._clock()))
+            row = (await conn.execute(select(api_keys).where(api_keys.c.id == key_id))).one()
+        return _from_row(d.ApiKey, row)
+
+    async def create_project(self, name: str) -> d.Project:
+        """A new project; ALREADY_EXISTS when the name is taken."""
+        now = self._clock()
+        project_id = _new_id()
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(projects).values(
+                    id=project_id, name=name, organization_id=ORGANIZATION_ID, is_default=name == "Default",
+                    created_at=now, updated_at=now))
+        except IntegrityError as exc:
+            raise AlreadyExists(f"a project named {name!r} exists") from exc
+        return await self.get_project(project_id)
+
+    async def rename_project(self, project_id: str, name: str) -> d.Project:
+        try:
+            async with self._write() as conn:
+                await self._project_row(conn, project_id, lock=True)
+                await conn.execute(update(projects).where(projects.c.id == project_id)
+                                   .values(name=name, updated_at=self._clock()))
+        except IntegrityError as exc:
+            raise AlreadyExists(f"a project named {name!r} exists") from exc
+        return await self.get_project(project_id)
+
+    async def delete_project(self, project_id: str) -> list[str]:
+        """Delete the project and everything it owns in one transaction: every index as
+        ``delete_index`` does (an engine drop recorded for each), its directories and files, its
+        keys. Returns the deleted indexes' ids (for the caller to drop from the engines now)."""
+        async with self._write() as conn:
+            project = await self._project_row(conn, project_id, lock=True)
+            if project.is_default:
+                raise FailedPrecondition("the default project cannot be deleted")
+            index_ids = (await conn.execute(
+                select(indexes.c.id).where(indexes.c.project_id == project_id).order_by(indexes.c.id))).scalars().all()
+            for index_id in index_ids:
+                await self._delete_index_in(conn, project_id, index_id)
+            directory_ids = select(directories.c.id).where(directories.c.project_id == project_id)
+            blob_ids = (await conn.execute(
+                select(directory_files.c.blob_id).where(directory_files.c.directory_id.in_(directory_ids))
+            )).scalars().all()
+            parsed_ids = select(directory_files.c.id).where(directory_files.c.directory_id.in_(directory_ids))
+            await self._delete_parsed_data(conn, parsed_ids)
+            await conn.execute(delete(directory_files).where(directory_files.c.directory_id.in_(directory_ids)))
+            await conn.execute(delete(directories).where(directories.c.project_id == project_id))
+            await self._drop_blobs_if_unused(conn, blob_ids)
+            await conn.execute(delete(api_keys).where(api_keys.c.project_id == project_id))
+            await conn.execute(delete(projects).where(projects.c.id == project_id))
+        return list(index_ids)
 
     async def ensure_project(self, name: str) -> d.Project:
         """Get the project called ``name``, creating it when missing (race-safe)."""
@@ -519,23 +612,26 @@ class SqlCatalog:
         async with self._read() as conn:
             return [_from_row(d.Project, r) for r in (await conn.execute(query)).all()]
 
-    async def add_api_key(self, project_id: str, key_hash: str) -> None:
-        """Map ``key_hash`` to the project; idempotent for the same project."""
+    async def add_api_key(self, project_id: str, key_hash: str, *, name: str = "", is_admin: bool = False,
+                          expires_at: datetime | None = None) -> d.ApiKey:
+        """Map ``key_hash`` to the project; idempotent for the same project (the existing key is
+        returned, admin rights added when asked for)."""
         try:
             async with self._write() as conn:
                 await self._project_row(conn, project_id)
-                owner = (
-                    await conn.execute(select(api_keys.c.project_id).where(api_keys.c.key_hash == key_hash))
-                ).scalar_one_or_none()
-                if owner == project_id:
-                    return
-                if owner is not None:
+                row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))).first()
+                if row is not None and row.project_id != project_id:
                     raise AlreadyExists("api key already in use")
-                await conn.execute(
-                    insert(api_keys).values(key_hash=key_hash, project_id=project_id, created_at=self._clock())
-                )
+                if row is None:
+                    await conn.execute(insert(api_keys).values(
+                        key_hash=key_hash, project_id=project_id, created_at=self._clock(), id=_new_id(),
+                        name=name, is_admin=is_admin, expires_at=expires_at))
+                elif is_admin and not row.is_admin:
+                    await conn.execute(update(api_keys).where(api_keys.c.key_hash == key_hash).values(is_admin=True))
+                row = (await conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))).one()
         except IntegrityError as exc:
             raise AlreadyExists("api key already in use") from exc
+        return _from_row(d.ApiKey, row)
 
     # -- directories and files
 
@@ -1011,25 +1107,30 @@ class SqlCatalog:
         """Remove the index, its jobs, parsed texts, page images and output directory (a pipeline:
         also the source directory it owns, unless another index reads it); returns it (generation+1)."""
         async with self._write() as conn:
-            row = await self._index_row(conn, project_id, index_id, lock=True)
-            before = await self._index(conn, row)
-            job_ids = select(jobs.c.id).where(jobs.c.index_id == index_id)
-            await conn.execute(delete(job_items).where(job_items.c.job_id.in_(job_ids)))
-            await conn.execute(delete(jobs).where(jobs.c.index_id == index_id))
-            parsed_ids = select(directory_files.c.id).where(directory_files.c.directory_id == row.output_directory_id)
-            await self._delete_parsed_data(conn, parsed_ids)
-            await conn.execute(
-                delete(directory_files).where(directory_files.c.directory_id == row.output_directory_id)
-            )
-            await conn.execute(delete(indexes).where(indexes.c.id == index_id))
-            await conn.execute(delete(directories).where(directories.c.id == row.output_directory_id))
-            if row.kind == "pipeline":
-                await self._delete_owned_source(conn, row.source_directory_id)
-            await conn.execute(insert(engine_drops).values(
-                index_id=index_id, project_id=project_id, requested_at=self._clock(), attempts=0, last_error=""))
+            before = await self._delete_index_in(conn, project_id, index_id)
         return dataclasses.replace(
             before, generation=before.generation + 1, sync_in_progress=False, updated_at=self._clock()
         )
+
+    async def _delete_index_in(self, conn: AsyncConnection, project_id: str, index_id: str) -> d.Index:
+        """``delete_index`` inside the caller's transaction; the index as it was."""
+        row = await self._index_row(conn, project_id, index_id, lock=True)
+        before = await self._index(conn, row)
+        job_ids = select(jobs.c.id).where(jobs.c.index_id == index_id)
+        await conn.execute(delete(job_items).where(job_items.c.job_id.in_(job_ids)))
+        await conn.execute(delete(jobs).where(jobs.c.index_id == index_id))
+        parsed_ids = select(directory_files.c.id).where(directory_files.c.directory_id == row.output_directory_id)
+        await self._delete_parsed_data(conn, parsed_ids)
+        await conn.execute(
+            delete(directory_files).where(directory_files.c.directory_id == row.output_directory_id)
+        )
+        await conn.execute(delete(indexes).where(indexes.c.id == index_id))
+        await conn.execute(delete(directories).where(directories.c.id == row.output_directory_id))
+        if row.kind == "pipeline":
+            await self._delete_owned_source(conn, row.source_directory_id)
+        await conn.execute(insert(engine_drops).values(
+            index_id=index_id, project_id=project_id, requested_at=self._clock(), attempts=0, last_error=""))
+        return before
 
     async def _delete_owned_source(self, conn: AsyncConnection, directory_id: str) -> None:
         """A deleted pipeline's source directory with its files, unless another index reads it."""

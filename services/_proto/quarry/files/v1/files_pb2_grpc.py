@@ -63,6 +63,36 @@ class FilesStub:
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateApiKeyRequest.SerializeToString,
                 response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateApiKeyResponse.FromString,
                 _registered_method=True)
+        self.AuthenticateKey = channel.unary_unary(
+                '/quarry.files.v1.Files/AuthenticateKey',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Identity.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/quarry.files.v1.Files/ListApiKeys',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/quarry.files.v1.Files/RevokeApiKey',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.CreateProject = channel.unary_unary(
+                '/quarry.files.v1.Files/CreateProject',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateProjectRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Project.FromString,
+                _registered_method=True)
+        self.RenameProject = channel.unary_unary(
+                '/quarry.files.v1.Files/RenameProject',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.RenameProjectRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.Project.FromString,
+                _registered_method=True)
+        self.DeleteProject = channel.unary_unary(
+                '/quarry.files.v1.Files/DeleteProject',
+                request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.DeleteProjectRequest.SerializeToString,
+                response_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.DeleteProjectResponse.FromString,
+                _registered_method=True)
         self.CreateDirectory = channel.unary_unary(
                 '/quarry.files.v1.Files/CreateDirectory',
                 request_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateDirectoryRequest.SerializeToString,
@@ -274,6 +304,45 @@ class FilesServicer:
 
     def CreateApiKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthenticateKey(self, request, context):
+        """The project and the key of an API key (UNAUTHENTICATED when unknown, revoked or expired).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Administration (the gateway lets only admin keys reach these).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateProject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenameProject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProject(self, request, context):
+        """Deletes the project and everything it owns; an engine drop is recorded for each of its indexes.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -543,6 +612,36 @@ def add_FilesServicer_to_server(servicer, server):
                     servicer.CreateApiKey,
                     request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateApiKeyRequest.FromString,
                     response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'AuthenticateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticateKey,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.AuthenticateRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Identity.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.ApiKey.SerializeToString,
+            ),
+            'CreateProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProject,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.CreateProjectRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Project.SerializeToString,
+            ),
+            'RenameProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenameProject,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.RenameProjectRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.Project.SerializeToString,
+            ),
+            'DeleteProject': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProject,
+                    request_deserializer=quarry_dot_files_dot_v1_dot_files__pb2.DeleteProjectRequest.FromString,
+                    response_serializer=quarry_dot_files_dot_v1_dot_files__pb2.DeleteProjectResponse.SerializeToString,
             ),
             'CreateDirectory': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateDirectory,
@@ -859,6 +958,168 @@ class Files:
             '/quarry.files.v1.Files/CreateApiKey',
             quarry_dot_files_dot_v1_dot_files__pb2.CreateApiKeyRequest.SerializeToString,
             quarry_dot_files_dot_v1_dot_files__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthenticateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/AuthenticateKey',
+            quarry_dot_files_dot_v1_dot_files__pb2.AuthenticateRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Identity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/ListApiKeys',
+            quarry_dot_files_dot_v1_dot_files__pb2.ListApiKeysRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/RevokeApiKey',
+            quarry_dot_files_dot_v1_dot_files__pb2.RevokeApiKeyRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/CreateProject',
+            quarry_dot_files_dot_v1_dot_files__pb2.CreateProjectRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Project.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenameProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/RenameProject',
+            quarry_dot_files_dot_v1_dot_files__pb2.RenameProjectRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.Project.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.files.v1.Files/DeleteProject',
+            quarry_dot_files_dot_v1_dot_files__pb2.DeleteProjectRequest.SerializeToString,
+            quarry_dot_files_dot_v1_dot_files__pb2.DeleteProjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

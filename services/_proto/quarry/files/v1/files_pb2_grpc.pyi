@@ -43,6 +43,15 @@ class FilesStub:
     GetProject: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetProjectRequest, _files_pb2.Project]
     ListProjects: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListProjectsRequest, _files_pb2.ListProjectsResponse]
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateApiKeyRequest, _files_pb2.CreateApiKeyResponse]
+    AuthenticateKey: _grpc.UnaryUnaryMultiCallable[_files_pb2.AuthenticateRequest, _files_pb2.Identity]
+    """The project and the key of an API key (UNAUTHENTICATED when unknown, revoked or expired)."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_files_pb2.ListApiKeysRequest, _files_pb2.ListApiKeysResponse]
+    """Administration (the gateway lets only admin keys reach these)."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_files_pb2.RevokeApiKeyRequest, _files_pb2.ApiKey]
+    CreateProject: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateProjectRequest, _files_pb2.Project]
+    RenameProject: _grpc.UnaryUnaryMultiCallable[_files_pb2.RenameProjectRequest, _files_pb2.Project]
+    DeleteProject: _grpc.UnaryUnaryMultiCallable[_files_pb2.DeleteProjectRequest, _files_pb2.DeleteProjectResponse]
+    """Deletes the project and everything it owns; an engine drop is recorded for each of its indexes."""
     CreateDirectory: _grpc.UnaryUnaryMultiCallable[_files_pb2.CreateDirectoryRequest, _files_pb2.Directory]
     """Directories and uploaded files."""
     GetDirectory: _grpc.UnaryUnaryMultiCallable[_files_pb2.GetDirectoryRequest, _files_pb2.Directory]
@@ -131,6 +140,15 @@ class FilesAsyncStub(FilesStub):
     GetProject: _aio.UnaryUnaryMultiCallable[_files_pb2.GetProjectRequest, _files_pb2.Project]  # type: ignore[assignment]
     ListProjects: _aio.UnaryUnaryMultiCallable[_files_pb2.ListProjectsRequest, _files_pb2.ListProjectsResponse]  # type: ignore[assignment]
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateApiKeyRequest, _files_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    AuthenticateKey: _aio.UnaryUnaryMultiCallable[_files_pb2.AuthenticateRequest, _files_pb2.Identity]  # type: ignore[assignment]
+    """The project and the key of an API key (UNAUTHENTICATED when unknown, revoked or expired)."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_files_pb2.ListApiKeysRequest, _files_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Administration (the gateway lets only admin keys reach these)."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_files_pb2.RevokeApiKeyRequest, _files_pb2.ApiKey]  # type: ignore[assignment]
+    CreateProject: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateProjectRequest, _files_pb2.Project]  # type: ignore[assignment]
+    RenameProject: _aio.UnaryUnaryMultiCallable[_files_pb2.RenameProjectRequest, _files_pb2.Project]  # type: ignore[assignment]
+    DeleteProject: _aio.UnaryUnaryMultiCallable[_files_pb2.DeleteProjectRequest, _files_pb2.DeleteProjectResponse]  # type: ignore[assignment]
+    """Deletes the project and everything it owns; an engine drop is recorded for each of its indexes."""
     CreateDirectory: _aio.UnaryUnaryMultiCallable[_files_pb2.CreateDirectoryRequest, _files_pb2.Directory]  # type: ignore[assignment]
     """Directories and uploaded files."""
     GetDirectory: _aio.UnaryUnaryMultiCallable[_files_pb2.GetDirectoryRequest, _files_pb2.Directory]  # type: ignore[assignment]
@@ -246,6 +264,51 @@ class FilesServicer(metaclass=_abc_1.ABCMeta):
         request: _files_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_files_pb2.CreateApiKeyResponse, _abc.Awaitable[_files_pb2.CreateApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AuthenticateKey(
+        self,
+        request: _files_pb2.AuthenticateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Identity, _abc.Awaitable[_files_pb2.Identity]]:
+        """The project and the key of an API key (UNAUTHENTICATED when unknown, revoked or expired)."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _files_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ListApiKeysResponse, _abc.Awaitable[_files_pb2.ListApiKeysResponse]]:
+        """Administration (the gateway lets only admin keys reach these)."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _files_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.ApiKey, _abc.Awaitable[_files_pb2.ApiKey]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateProject(
+        self,
+        request: _files_pb2.CreateProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Project, _abc.Awaitable[_files_pb2.Project]]: ...
+
+    @_abc_1.abstractmethod
+    def RenameProject(
+        self,
+        request: _files_pb2.RenameProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.Project, _abc.Awaitable[_files_pb2.Project]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteProject(
+        self,
+        request: _files_pb2.DeleteProjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_files_pb2.DeleteProjectResponse, _abc.Awaitable[_files_pb2.DeleteProjectResponse]]:
+        """Deletes the project and everything it owns; an engine drop is recorded for each of its indexes."""
 
     @_abc_1.abstractmethod
     def CreateDirectory(
