@@ -9,13 +9,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import errors
+from gateway import errors, openapi
 from gateway.admission import Admission, LocalRateLimiter, RateLimiter, RedisRateLimiter, Stage
 from gateway.admission import register as admission_errors
 from gateway.auth import Authenticator
@@ -87,6 +88,13 @@ def build_limiter(settings: GatewaySettings) -> RateLimiter | None:
     return LocalRateLimiter(rate, burst)
 
 
+def package_version() -> str:
+    try:
+        return version("quarry")
+    except PackageNotFoundError:  # a tree that is not installed
+        return "0.0.0"
+
+
 def build_cache(settings: GatewaySettings) -> Cache:
     if settings.redis_url:
         return RedisCache(settings.redis_url)
@@ -118,14 +126,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                 await limiter.close()
 
     configure_tracing("gateway")
-    app = FastAPI(title="Quarry", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Quarry", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+        description="Self-hosted retrieval behind the LlamaCloud API: hybrid search, reranking, metadata "
+                    "filters and file find/grep/read. Authenticate with `Authorization: Bearer <API key>`.",
+        generate_unique_id_function=openapi.operation_id,
+    )
     errors.register(app)
     admission_errors(app)
-    app.include_router(retrieval.router)
-    app.include_router(catalog.router)
-    app.include_router(pipelines.router)
-    app.include_router(media.router)
-    app.include_router(admin.router)
+    for router in (retrieval.router, catalog.router, pipelines.router, media.router, admin.router):
+        app.include_router(router, responses=openapi.ERROR_RESPONSES)
+    openapi.install(app)
 
     app.add_middleware(RejectSurrogates)
     limiter = build_limiter(settings)

@@ -64,26 +64,36 @@ class StaticFilters(_Request):
 
 
 class RerankConfig(_Request):
-    enabled: bool | None = None
-    top_n: Count | None = None
+    enabled: bool | None = Field(default=None, description="Rerank the fused candidates (default: on)")
+    top_n: Count | None = Field(default=None, description="Results to keep after reranking")
 
 
 Fusion = Literal["relative_score", "rrf", "dbsf"]
 
 
 class RetrieveRequest(_Request):
-    index_id: Id
-    query: Query
-    custom_filters: dict[str, CustomFilter | list[RangeBound] | None] | None = None
-    full_text_pipeline_weight: Weight | None = None
-    vector_pipeline_weight: Weight | None = None
-    num_candidates: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [{
+        "index_id": "0b6f7f5e-2d7c-4a55-9a7e-3f3f2b1c9d10",
+        "query": "how does hybrid search combine dense and sparse results?",
+        "top_k": 5,
+        "custom_filters": {"year": [{"operator": "gte", "value": 2021}], "topic": {"operator": "eq", "value": "search"}},
+        "rerank": {"enabled": True, "top_n": 3},
+    }]})
+
+    index_id: Id = Field(description="The index to search (in the caller's project)")
+    query: Query = Field(description="The question or keywords")
+    custom_filters: dict[str, CustomFilter | list[RangeBound] | None] | None = Field(
+        default=None, description="Metadata filters by key: one condition, or a list of range bounds (all must hold)")
+    full_text_pipeline_weight: Weight | None = Field(default=None, description="Weight of the BM25 leg (0 turns it off)")
+    vector_pipeline_weight: Weight | None = Field(default=None, description="Weight of the dense leg (0 turns it off)")
+    num_candidates: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="Candidates each leg returns before fusion")
     rerank: RerankConfig | None = None
-    score_threshold: float | None = None
-    static_filters: StaticFilters | None = None
-    top_k: Count | None = None
+    score_threshold: float | None = Field(default=None, description="Drop fused results scoring below this")
+    static_filters: StaticFilters | None = Field(default=None, description="Restrict to parsed files by id")
+    top_k: Count | None = Field(default=None, description="Results to return")
     # Quarry extension (ignored by the SDKs): how the two legs' scores are combined.
-    fusion: Fusion | None = None
+    fusion: Fusion | None = Field(default=None, description="Quarry extension: dbsf (default), relative_score or rrf")
 
 
 class Attachment(_Response):

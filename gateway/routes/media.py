@@ -110,7 +110,7 @@ async def attachment_url(
     )
 
 
-@router.get("/beta/attachments/{name}/content")
+@router.get("/beta/attachments/{name}/content", openapi_extra={"security": []})
 async def attachment_content(
     name: str, request: Request, source_id: str, project_id: str, expires: int, signature: str
 ) -> Response:

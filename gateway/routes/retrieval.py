@@ -105,7 +105,8 @@ def shape(outcome: Outcome, pages: set[tuple[str, int]] | None = None) -> models
     )
 
 
-@router.post("/retrieve", response_model=models.RetrieveResponse, response_model_exclude_none=False)
+@router.post("/retrieve", response_model=models.RetrieveResponse, response_model_exclude_none=False,
+             operation_id="retrieve")
 async def retrieve_route(body: models.RetrieveRequest, request: Request, project: Project) -> Response:
     """Hybrid retrieval over one index (dense + BM25, fused, reranked)."""
     settings: GatewaySettings = request.app.state.settings
