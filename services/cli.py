@@ -309,6 +309,47 @@ def _index(client: Client, name: str) -> dict[str, Any]:
     return found
 
 
+@app.command()
+def backup(
+    destination: Annotated[Path, typer.Argument(help="The backup file to write (.tar.gz)")],
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Back up a stopped embedded stack's data dir (catalog, engines, API key) into one file."""
+    from services.backup import BackupError
+    from services.backup import backup as take
+
+    try:
+        summary = take(data_dir.resolve(), destination)
+    except BackupError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    if as_json:
+        print_json({"path": str(summary.path), "files": summary.files, "bytes": summary.bytes})
+    else:
+        console.print(f"[green]backed up[/] {summary.files} file(s), {summary.bytes / 1e6:.1f} MB to {summary.path}")
+
+
+@app.command()
+def restore(
+    source: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A file written by quarry backup")],
+    data_dir: DataDir = Path(".quarry"),
+    as_json: Json = False,
+) -> None:
+    """Restore a backup into an empty data dir, after checking every file against its manifest."""
+    from services.backup import BackupError
+    from services.backup import restore as unpack
+
+    try:
+        summary = unpack(source, data_dir.resolve())
+    except BackupError as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
+    if as_json:
+        print_json({"path": str(summary.path), "files": summary.files, "bytes": summary.bytes})
+    else:
+        console.print(f"[green]restored[/] {summary.files} file(s) into {summary.path}; start it with "
+                      f"`quarry up --data-dir {summary.path}`")
+
+
 index_app = typer.Typer(no_args_is_help=True, help="Indexes of the project")
 app.add_typer(index_app, name="index")
 
