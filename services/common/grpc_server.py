@@ -1,8 +1,6 @@
-"""The grpc.aio server lifecycle every service shares.
-
-settings -> bootstrap -> ``serve``: bind, register servicers, stock health service (SERVING
-only once the backend answers), optional reflection, SIGTERM/SIGINT -> NOT_SERVING ->
-``server.stop(grace)``.
+"""The grpc.aio server every process shares (``services.common.process`` runs it): bind, the
+interceptor chain, register servicers, stock health service (SERVING only once the backend
+answers), optional reflection, the metrics port; ``stop`` -> NOT_SERVING -> ``server.stop(grace)``.
 """
 
 from __future__ import annotations
@@ -10,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -140,28 +137,6 @@ def _write_port_file(path: str, port: int) -> None:
     tmp = Path(path + ".tmp")
     tmp.write_text(str(port))
     tmp.replace(path)
-
-
-async def serve(
-    settings: ServiceSettings,
-    register: Register,
-    service_names: Sequence[str],
-    ready: Ready,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
-    running = await start_server(settings, register, service_names, ready)
-    log.info("serving %s on %s:%d", ",".join(service_names), settings.host, running.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down (grace %.1fs)", settings.grace_seconds)
-    await running.stop(settings.grace_seconds)
-    if on_stop is not None:
-        await on_stop()
-    log.info("stopped")
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:

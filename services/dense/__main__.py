@@ -1,25 +1,22 @@
-"""``python -m services.dense``: settings -> bootstrap -> serve (the only place reading the environment)."""
+"""``python -m services.dense`` / ``quarry-dense``: settings -> bootstrap -> serve."""
 
 from __future__ import annotations
 
-from services.common import logging as quarry_logging
-from services.common.grpc_server import run, serve
+from services.common.process import Process
+from services.common.process import main as process_main
 from services.dense.bootstrap import bootstrap
 from services.dense.servicer import SERVICE_NAME, DenseSearchServicer, register
 from services.dense.settings import DenseSettings
 
 
-async def _main() -> None:
-    settings = DenseSettings()
-    quarry_logging.configure("dense", level=settings.log_level, fmt=settings.log_format)
+def build(settings: DenseSettings) -> Process:
     app = bootstrap(settings)
-    servicer = DenseSearchServicer(app.service)
-    await serve(settings, register(servicer), [SERVICE_NAME], app.ready, on_stop=app.close)
+    return Process(app.ready, app.close, register(DenseSearchServicer(app.service)), [SERVICE_NAME])
 
 
 def main() -> None:
     """Console entry point ``quarry-dense``."""
-    run(_main)
+    process_main(DenseSettings, build)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ def collection_config(settings: DenseSettings) -> CollectionConfig:
 
 
 def build_index(settings: DenseSettings, embedder: Embedder) -> VectorIndex:
-    """The Qdrant server adapter when ``qdrant_url`` is set, else embedded Qdrant shards."""
-    if settings.qdrant_url:
+    """The Qdrant server adapter for engine ``server``, else embedded Qdrant shards."""
+    if settings.resolved_engine == "server":
+        assert settings.qdrant_url  # checked by the settings
         api_key = settings.qdrant_api_key
         return QdrantServerVectorIndex.connect(
             settings.qdrant_url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
@@ -24,6 +24,9 @@ class DenseSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="QUARRY_DENSE_")  # merged with the base config
 
+    engine: Literal["edge", "server"] | None = Field(
+        default=None, description="edge: embedded Qdrant shards; server: a Qdrant server at qdrant_url "
+                                  "(unset: server when qdrant_url is set)")
     data_dir: str = Field(default="./data/dense", description="embedded Qdrant shards live here")
     qdrant_url: str | None = Field(default=None, description="a Qdrant server: use the server adapter")
     qdrant_api_key: SecretStr | None = Field(default=None, description="the Qdrant server's API key")
@@ -64,3 +67,16 @@ class DenseSettings(ServiceSettings):
     search_ef: int | None = Field(default=None, ge=1, description="HNSW ef at query time (engine default)")
     engine_threads: int = Field(default=4, ge=1, description="threads running the embedded engine")
     max_top_k: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _engine_has_what_it_needs(self) -> DenseSettings:
+        if self.engine == "server" and not self.qdrant_url:
+            raise ValueError("QUARRY_DENSE_ENGINE=server needs QUARRY_DENSE_QDRANT_URL")
+        if self.engine == "edge" and self.qdrant_url:
+            raise ValueError("QUARRY_DENSE_QDRANT_URL is set but QUARRY_DENSE_ENGINE=edge; unset one of them")
+        return self
+
+    @property
+    def resolved_engine(self) -> str:
+        """The vector engine these settings select."""
+        return self.engine or ("server" if self.qdrant_url else "edge")

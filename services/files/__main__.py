@@ -1,38 +1,35 @@
-"""``python -m services.files``: settings -> bootstrap -> serve."""
+"""``python -m services.files`` / ``quarry-files``: settings -> bootstrap -> serve."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-from services.common.grpc_server import run, serve
-from services.common.logging import configure
+from services.common.process import Process
+from services.common.process import main as process_main
 from services.files.bootstrap import bootstrap
 from services.files.metrics import refresh_forever
 from services.files.servicer import SERVICE_NAME, register
 from services.files.settings import FilesSettings
 
 
-async def _serve(settings: FilesSettings) -> None:
+async def build(settings: FilesSettings) -> Process:
     files = await bootstrap(settings)
-    gauges = None
-    if settings.metrics_port is not None:
-        gauges = asyncio.create_task(refresh_forever(files.service, settings.metrics_interval_seconds))
-    try:
-        await serve(settings, register(files.service), [SERVICE_NAME], files.ready)
-    finally:
-        if gauges is not None:
-            gauges.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauges
-        await files.close()
+    background = []
+    if settings.metrics_port is not None:  # the backlog and chunk gauges, read from the catalog
+
+        async def gauges(stop: asyncio.Event) -> None:
+            refresher = asyncio.create_task(refresh_forever(files.service, settings.metrics_interval_seconds))
+            await stop.wait()
+            refresher.cancel()
+            await asyncio.gather(refresher, return_exceptions=True)
+
+        background.append(gauges)
+    return Process(files.ready, files.close, register(files.service), [SERVICE_NAME], background)
 
 
 def main() -> None:
-    """Entry point of the ``quarry-files`` console script."""
-    settings = FilesSettings()
-    configure("files", level=settings.log_level, fmt=settings.log_format)
-    run(lambda: _serve(settings))
+    """Console entry point ``quarry-files``."""
+    process_main(FilesSettings, build)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def opensearch_index(settings: SparseSettings) -> OpenSearchKeywordIndex:
 
 
 def keyword_index(settings: SparseSettings) -> KeywordIndex:
-    """The adapter the settings select: embedded tantivy unless an OpenSearch URL is given."""
-    if settings.opensearch_urls():
+    """The adapter the settings select (``engine``; by default tantivy unless an OpenSearch URL is given)."""
+    if settings.resolved_engine == "opensearch":
         return opensearch_index(settings)
     return TantivyKeywordIndex(
         settings.data_dir,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -23,6 +25,9 @@ class SparseSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="QUARRY_SPARSE_")  # merged with the base config
 
+    engine: Literal["tantivy", "opensearch"] | None = Field(
+        default=None, description="tantivy (embedded) or opensearch at opensearch_url "
+                                  "(unset: opensearch when opensearch_url is set)")
     data_dir: str = Field(default="data/sparse", description="tantivy: one sub-directory per Quarry index")
     writer_heap_mb: int = Field(default=64, ge=16, le=16384, description="tantivy writer memory per index")
     writer_threads: int = Field(
@@ -64,6 +69,19 @@ class SparseSettings(ServiceSettings):
     opensearch_manage_template: bool = Field(
         default=True, description="put the index template; off where operators manage templates"
     )
+
+    @model_validator(mode="after")
+    def _engine_has_what_it_needs(self) -> SparseSettings:
+        if self.engine == "opensearch" and not self.opensearch_urls():
+            raise ValueError("QUARRY_SPARSE_ENGINE=opensearch needs QUARRY_SPARSE_OPENSEARCH_URL")
+        if self.engine == "tantivy" and self.opensearch_urls():
+            raise ValueError("QUARRY_SPARSE_OPENSEARCH_URL is set but QUARRY_SPARSE_ENGINE=tantivy; unset one of them")
+        return self
+
+    @property
+    def resolved_engine(self) -> str:
+        """The keyword engine these settings select."""
+        return self.engine or ("opensearch" if self.opensearch_urls() else "tantivy")
 
     @model_validator(mode="after")
     def _one_kind_of_credentials(self) -> SparseSettings:
