@@ -754,6 +754,25 @@ def bench_engines(
     _bench("engines", work_dir, results, run)
 
 
+@bench_app.command("telemetry")
+def bench_telemetry(
+    chunks: Annotated[int, typer.Option("--chunks", min=100, help="Chunks of the synthetic index")] = 2_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=2, help="Clients of the throughput run")] = 32,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds per configuration")] = 2,
+    duration: Duration = 20,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """What metrics and tracing cost a retrieve: off, metrics, metrics+traces in one run."""
+    from bench import corpus, telemetry
+
+    def run(folder: Path) -> dict[str, Any]:
+        vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
+        return telemetry.run(vocab, folder, chunks=chunks, concurrency=concurrency, duration=duration, rounds=rounds)
+
+    _bench("telemetry", work_dir, results, run)
+
+
 @bench_app.command("report")
 def bench_report() -> None:
     """Regenerate docs/benchmarks.md and docs/bench/*.png from bench/results/*.json."""

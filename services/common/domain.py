@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from services.common.errors import InvalidArgument
 
@@ -173,6 +173,30 @@ class Chunk:
 
     def metadata_json(self) -> str:
         return json.dumps(dict(self.metadata), separators=(",", ":"), sort_keys=True)
+
+
+#: What an engine stores of a chunk beside its id, file id and content, and reads back: the one
+#: codec every engine adapter uses (a new chunk field is added here, and in the proto).
+STORED_FIELDS: tuple[str, ...] = ("file_name", "metadata", "chunk_index", "start_char", "end_char", "token_count",
+                                  "page_start", "page_end", "source_id")
+_STORED_TYPES = {"file_name": str, "chunk_index": int, "start_char": int, "end_char": int, "token_count": int,
+                 "page_start": int, "page_end": int, "source_id": str}
+
+
+def stored_fields(chunk: Chunk) -> dict[str, Any]:
+    """The stored part of ``chunk`` (JSON-ready)."""
+    out = {name: getattr(chunk, name) for name in STORED_FIELDS}
+    out["metadata"] = dict(chunk.metadata)
+    return out
+
+
+def chunk_from_stored(chunk_id: str, index_id: str, file_id: str, content: str,
+                      stored: Mapping[str, Any]) -> Chunk:
+    """The chunk ``stored_fields`` wrote (absent fields take their defaults)."""
+    values: dict[str, Any] = {name: kind(stored[name]) for name, kind in _STORED_TYPES.items()
+                              if stored.get(name) is not None}
+    return Chunk(id=chunk_id, index_id=index_id, file_id=file_id, content=content,
+                 metadata=dict(stored.get("metadata") or {}), **values)
 
 
 @dataclass(frozen=True, slots=True)

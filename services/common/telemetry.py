@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
@@ -28,43 +29,77 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "x-request-id"
 
+#: The caller's deadline of the call being served (``time.monotonic()`` seconds; None: none set),
+#: set by the server chain so that any code a servicer calls can bound its own work.
+call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+
+
+def remaining() -> float | None:
+    """Seconds left before the caller's deadline (never below 0), or None without one."""
+    deadline = call_deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
 # Seconds: from sub-millisecond engine calls to multi-second cold reranks and parses.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 # -- the metrics ------------------------------------------------------------------------------
 
-GRPC_HANDLED = Counter("quarry_grpc_server_handled_total", "gRPC calls handled, by method and status code",
-                       ["process", "method", "code"])
-GRPC_SECONDS = Histogram("quarry_grpc_server_handling_seconds", "gRPC handling time, by method",
-                         ["process", "method"], buckets=_BUCKETS)
-HTTP_REQUESTS = Counter("quarry_http_requests_total", "HTTP requests, by route template, method and status",
-                        ["route", "method", "status"])
-HTTP_SECONDS = Histogram("quarry_http_request_duration_seconds", "HTTP request time, by route template",
-                         ["route", "method"], buckets=_BUCKETS)
-RETRIEVE_STAGE_SECONDS = Histogram("quarry_retrieve_stage_seconds",
-                                   "Retrieve time per stage (embed, dense, sparse, fusion, rerank, catalog)",
-                                   ["stage"], buckets=_BUCKETS)
-DEGRADED = Counter("quarry_degraded_answers_total", "Answers served without a part of the pipeline, by reason",
-                   ["reason"])
-CACHE_REQUESTS = Counter("quarry_cache_requests_total", "Gateway cache look-ups, by cache and result (hit, miss)",
-                         ["cache", "result"])
-RERANK_PASSAGES = Counter("quarry_rerank_passages_total", "Passages scored by the reranker", ["backend"])
-RERANK_SECONDS = Histogram("quarry_rerank_seconds", "Reranker time per call", ["backend"], buckets=_BUCKETS)
-INDEX_CHUNKS = Gauge("quarry_index_chunks", "Chunks held per index, by engine", ["engine", "index"])
-INGEST_QUEUED_JOBS = Gauge("quarry_ingest_queued_jobs", "Jobs waiting or running")
-INGEST_QUEUED_ITEMS = Gauge("quarry_ingest_queued_items", "Items of waiting or running jobs not yet done")
-INGEST_OLDEST_SECONDS = Gauge("quarry_ingest_oldest_job_age_seconds", "Age of the oldest waiting or running job")
-INGEST_ITEMS = Counter("quarry_ingest_items_total", "Ingest items finished, by result (done, failed)", ["result"])
-INGEST_CHUNKS = Counter("quarry_ingest_chunks_total", "Chunks written by the ingest worker")
+#: ``QUARRY_METRICS_ENABLED=false`` leaves every metric a no-op (for overhead measurements, or
+#: where nothing scrapes); ``/metrics`` then serves only the process collectors.
+METRICS_ENABLED = os.environ.get("QUARRY_METRICS_ENABLED", "true").strip().lower() not in ("0", "false", "off", "no")
 
 #: Every metric Quarry exports, by the name a query uses (a counter's with ``_total``, a
 #: histogram's without its ``_bucket``/``_count``/``_sum``), with its label names.
-METRICS: dict[str, tuple[str, ...]] = {
-    m._name + ("_total" if isinstance(m, Counter) else ""): tuple(m._labelnames)
-    for m in (GRPC_HANDLED, GRPC_SECONDS, HTTP_REQUESTS, HTTP_SECONDS, RETRIEVE_STAGE_SECONDS, DEGRADED,
-              CACHE_REQUESTS, RERANK_PASSAGES, RERANK_SECONDS, INDEX_CHUNKS, INGEST_QUEUED_JOBS,
-              INGEST_QUEUED_ITEMS, INGEST_OLDEST_SECONDS, INGEST_ITEMS, INGEST_CHUNKS)
-}
+METRICS: dict[str, tuple[str, ...]] = {}
+
+
+class _Off:
+    """A metric that records nothing."""
+
+    def labels(self, *values: str) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None: ...
+
+    def set(self, value: float) -> None: ...
+
+    def observe(self, value: float) -> None: ...
+
+    def remove(self, *values: str) -> None: ...
+
+    def collect(self) -> list[Any]:
+        return []
+
+
+def _metric(kind: type[Any], name: str, documentation: str, labels: Sequence[str] = (), **kwargs: Any) -> Any:
+    METRICS[name + ("_total" if kind is Counter else "")] = tuple(labels)
+    return kind(name, documentation, list(labels), **kwargs) if METRICS_ENABLED else _Off()
+
+
+GRPC_HANDLED = _metric(Counter, "quarry_grpc_server_handled", "gRPC calls handled, by method and status code",
+                       ["process", "method", "code"])
+GRPC_SECONDS = _metric(Histogram, "quarry_grpc_server_handling_seconds", "gRPC handling time, by method",
+                       ["process", "method"], buckets=_BUCKETS)
+HTTP_REQUESTS = _metric(Counter, "quarry_http_requests", "HTTP requests, by route template, method and status",
+                        ["route", "method", "status"])
+HTTP_SECONDS = _metric(Histogram, "quarry_http_request_duration_seconds", "HTTP request time, by route template",
+                       ["route", "method"], buckets=_BUCKETS)
+RETRIEVE_STAGE_SECONDS = _metric(Histogram, "quarry_retrieve_stage_seconds",
+                                 "Retrieve time per stage (embed, dense, sparse, fusion, rerank, catalog)",
+                                 ["stage"], buckets=_BUCKETS)
+DEGRADED = _metric(Counter, "quarry_degraded_answers", "Answers served without a part of the pipeline, by reason",
+                   ["reason"])
+CACHE_REQUESTS = _metric(Counter, "quarry_cache_requests",
+                         "Gateway cache look-ups, by cache and result (hit, miss)", ["cache", "result"])
+RERANK_PASSAGES = _metric(Counter, "quarry_rerank_passages", "Passages scored by the reranker", ["backend"])
+RERANK_SECONDS = _metric(Histogram, "quarry_rerank_seconds", "Reranker time per call", ["backend"], buckets=_BUCKETS)
+INDEX_CHUNKS = _metric(Gauge, "quarry_index_chunks", "Chunks held per index, by engine", ["engine", "index"])
+INGEST_QUEUED_JOBS = _metric(Gauge, "quarry_ingest_queued_jobs", "Jobs waiting or running")
+INGEST_QUEUED_ITEMS = _metric(Gauge, "quarry_ingest_queued_items", "Items of waiting or running jobs not yet done")
+INGEST_OLDEST_SECONDS = _metric(Gauge, "quarry_ingest_oldest_job_age_seconds",
+                                "Age of the oldest waiting or running job")
+INGEST_ITEMS = _metric(Counter, "quarry_ingest_items", "Ingest items finished, by result (done, failed)", ["result"])
+INGEST_CHUNKS = _metric(Counter, "quarry_ingest_chunks", "Chunks written by the ingest worker")
 
 
 def serve_metrics(host: str, port: int) -> int:
@@ -84,8 +119,8 @@ def _metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """The first link of every server's chain: the caller's request id into the logging context,
-    then the call counted and timed per method and status code."""
+    """The first link of every server's chain: the caller's request id into the logging context
+    and its deadline into ``call_deadline``, then the call counted and timed per method and status."""
 
     def __init__(self, process: str) -> None:
         self._process = process
@@ -105,6 +140,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         async def observed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             token = request_id.set(rid)
+            left = context.time_remaining()
+            deadline = call_deadline.set(None if left is None else time.monotonic() + left)
             started = time.perf_counter()
             code = "OK"
             try:
@@ -123,6 +160,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 GRPC_SECONDS.labels(process, method).observe(seconds)
                 log.debug("%s %s %.1fms", method, code, seconds * 1000)
                 request_id.reset(token)
+                call_deadline.reset(deadline)
 
         return grpc.unary_unary_rpc_method_handler(
             observed,

@@ -6,6 +6,7 @@ import grpc
 
 from services._proto.quarry.rerank.v1 import rerank_pb2, rerank_pb2_grpc
 from services.common.errors import mapped
+from services.common.telemetry import remaining
 from services.rerank.service import RerankService
 
 SERVICE_NAME = rerank_pb2.DESCRIPTOR.services_by_name["Rerank"].full_name
@@ -23,7 +24,7 @@ class RerankServicer(rerank_pb2_grpc.RerankServicer):
     ) -> rerank_pb2.ScoreResponse:
         """One score per passage in request order, under the caller's deadline."""
         result = await self._service.score(
-            request.query, list(request.passages), timeout=context.time_remaining()
+            request.query, list(request.passages), timeout=remaining()
         )
         return rerank_pb2.ScoreResponse(scores=result.scores, model=result.model)
 

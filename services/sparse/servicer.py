@@ -8,14 +8,10 @@ from services._proto.quarry.sparse.v1 import sparse_pb2, sparse_pb2_grpc
 from services.common.convert import chunk_from_pb, hit_to_pb, request_filter
 from services.common.errors import mapped
 from services.common.grpc_server import Register
+from services.common.telemetry import remaining
 from services.sparse.service import SparseService
 
 SERVICE_NAME: str = sparse_pb2.DESCRIPTOR.services_by_name["SparseSearch"].full_name
-
-
-def _remaining(context: grpc.aio.ServicerContext) -> float | None:
-    remaining: float | None = context.time_remaining()
-    return remaining
 
 
 class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
@@ -30,7 +26,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.UpsertResponse:
         """Write chunks; idempotent by chunk id."""
         written = await self._service.upsert(
-            request.index_id, [chunk_from_pb(c) for c in request.chunks], remaining=_remaining(context)
+            request.index_id, [chunk_from_pb(c) for c in request.chunks], remaining=remaining()
         )
         return sparse_pb2.UpsertResponse(upserted=written)
 
@@ -40,7 +36,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.SearchResponse:
         """BM25 top-k with the filter applied in the engine; ``search_seconds`` is engine time."""
         result = await self._service.search(
-            request.index_id, request.query, request.top_k, request_filter(request), remaining=_remaining(context)
+            request.index_id, request.query, request.top_k, request_filter(request), remaining=remaining()
         )
         return sparse_pb2.SearchResponse(
             hits=[hit_to_pb(h) for h in result.hits], search_seconds=result.seconds
@@ -52,7 +48,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.DeleteResponse:
         """Delete one file's chunks; ``deleted`` is how many there were."""
         deleted = await self._service.delete_file(
-            request.index_id, request.file_id, remaining=_remaining(context)
+            request.index_id, request.file_id, remaining=remaining()
         )
         return sparse_pb2.DeleteResponse(deleted=deleted)
 
@@ -61,7 +57,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
         self, request: sparse_pb2.DropIndexRequest, context: grpc.aio.ServicerContext
     ) -> sparse_pb2.DeleteResponse:
         """Delete a whole index; ``deleted`` is how many chunks it held (0 if it did not exist)."""
-        deleted = await self._service.drop(request.index_id, remaining=_remaining(context))
+        deleted = await self._service.drop(request.index_id, remaining=remaining())
         return sparse_pb2.DeleteResponse(deleted=deleted)
 
     @mapped
@@ -70,7 +66,7 @@ class SparseServicer(sparse_pb2_grpc.SparseSearchServicer):
     ) -> sparse_pb2.CountResponse:
         """Chunks in an index, or of ``file_id`` when set."""
         count = await self._service.count(
-            request.index_id, request.file_id, remaining=_remaining(context)
+            request.index_id, request.file_id, remaining=remaining()
         )
         return sparse_pb2.CountResponse(count=count)
 

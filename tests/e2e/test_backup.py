@@ -77,7 +77,7 @@ def test_a_damaged_backup_is_refused_before_anything_is_written(tmp_path: Path, 
     backup(data, archive)
     _rewrite(archive, damaged, change)
     target = tmp_path / "target"
-    with pytest.raises(BackupError, match="checksum|manifest"):
+    with pytest.raises(BackupError, match=r"checksum|manifest"):
         restore(damaged, target)
     assert not target.exists() or not any(target.iterdir())
     not_a_backup = tmp_path / "random.tar.gz"

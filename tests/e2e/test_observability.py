@@ -9,20 +9,17 @@ Traces go over real OTLP/gRPC to a collector this test runs (the OTLP trace serv
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from llama_cloud import LlamaCloud
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from bench.telemetry import OtlpSink
 from services.launcher import Stack
 from tests.e2e.corpus import ingest_corpus
 from tests.e2e.stack import running_stack
@@ -34,48 +31,19 @@ REQUEST_ID = "obs-test-4f1c2d"
 QUERY = "how do photovoltaic panels turn sunlight into power"
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """Keeps every span it receives: (service name, trace id hex, span name)."""
-
-    def __init__(self) -> None:
-        self.spans: list[tuple[str, str, str]] = []
-        self._lock = threading.Lock()
-
-    def Export(self, request: Any, context: Any) -> Any:
-        with self._lock:
-            for resource_spans in request.resource_spans:
-                service = next((a.value.string_value for a in resource_spans.resource.attributes
-                                if a.key == "service.name"), "")
-                for scope in resource_spans.scope_spans:
-                    for span in scope.spans:
-                        self.spans.append((service, span.trace_id.hex(), span.name))
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def snapshot(self) -> list[tuple[str, str, str]]:
-        with self._lock:
-            return list(self.spans)
-
-
 @pytest.fixture(scope="module")
-def collector() -> Iterator[tuple[Collector, int]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    sink = Collector()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
+def collector() -> Iterator[OtlpSink]:
+    sink = OtlpSink().start()
     try:
-        yield sink, port
+        yield sink
     finally:
-        server.stop(0)
+        sink.stop()
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, collector: tuple[Collector, int]) -> Iterator[Stack]:
-    _, port = collector
+def stack(tmp_path_factory: pytest.TempPathFactory, collector: OtlpSink) -> Iterator[Stack]:
     env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        **collector.env,
         # A DEBUG line per gRPC call in the files service: the request id must be on it.
         "QUARRY_FILES_LOG_LEVEL": "DEBUG",
     }
@@ -162,9 +130,8 @@ def test_a_retrieve_moves_the_metrics_of_every_process_it_touches(stack: Stack, 
     assert "process_resident_memory_bytes" in files
 
 
-def test_one_retrieve_is_one_trace_across_every_process(stack: Stack, index: Any,
-                                                         collector: tuple[Collector, int]) -> None:
-    sink, _ = collector
+def test_one_retrieve_is_one_trace_across_every_process(stack: Stack, index: Any, collector: OtlpSink) -> None:
+    sink = collector
     _retrieve(stack, index.id, QUERY, REQUEST_ID)
     # The gateway's HTTP server span of this request names the trace.
     deadline = time.monotonic() + 20

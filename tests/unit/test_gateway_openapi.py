@@ -51,7 +51,7 @@ async def test_request_fields_are_described_with_an_example(client: httpx.AsyncC
     schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
     retrieve = schemas["RetrieveRequest"]
     assert retrieve["examples"][0]["query"]
-    assert all("description" in f or "$ref" in f or "anyOf" in f and any("$ref" in a for a in f["anyOf"])
+    assert all("description" in f or "$ref" in f or ("anyOf" in f and any("$ref" in a for a in f["anyOf"]))
                for f in retrieve["properties"].values())
 
 

@@ -11,10 +11,12 @@ from services.common.logging import request_id
 from services.common.telemetry import GRPC_HANDLED, GRPC_SECONDS, ObservingInterceptor, client_interceptors
 
 SEEN: list[str] = []
+LEFT: list[float | None] = []
 
 
 async def _echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     SEEN.append(request_id.get())
+    LEFT.append(telemetry.remaining())
     if request == b"missing":
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
     if request == b"crash":
@@ -45,10 +47,12 @@ async def test_the_chain_counts_codes_and_carries_the_request_id() -> None:
                     assert err.value.code() == code
             finally:
                 request_id.reset(token)
-            assert await say(b"no id", timeout=5) == b"no id"
+            assert await say(b"no id") == b"no id"  # and no deadline
     finally:
         await server.stop(0)
     assert SEEN[-4:] == ["rid-123", "rid-123", "rid-123", ""]
+    assert all(left is not None and 0 < left <= 5.5 for left in LEFT[-4:-1]) and LEFT[-1] is None, LEFT
+    assert telemetry.remaining() is None  # reset after the call
     assert _value(GRPC_HANDLED, "unit", "Say", "OK") - before["OK"] == 2
     assert _value(GRPC_HANDLED, "unit", "Say", "NOT_FOUND") - before["NOT_FOUND"] == 1
     assert _value(GRPC_HANDLED, "unit", "Say", "UNKNOWN") - before["UNKNOWN"] == 1

@@ -36,7 +36,9 @@ from services.common.domain import (
     Op,
     Or,
     Scalar,
+    chunk_from_stored,
     is_number,
+    stored_fields,
 )
 from services.common.errors import InvalidArgument
 
@@ -81,19 +83,13 @@ def meta_path(key: str, root: str = META) -> str:
 
 def chunk_payload(chunk: Chunk) -> dict[str, Any]:
     """The point payload for one chunk (see the module docstring)."""
-    meta = dict(chunk.metadata)
+    stored = stored_fields(chunk)
+    meta = stored.pop("metadata")
     return {
         CHUNK_ID: chunk.id,
         FILE_ID: chunk.file_id,
-        "file_name": chunk.file_name,
         "content": chunk.content,
-        "chunk_index": chunk.chunk_index,
-        "start_char": chunk.start_char,
-        "end_char": chunk.end_char,
-        "token_count": chunk.token_count,
-        "page_start": chunk.page_start,
-        "page_end": chunk.page_end,
-        "source_id": chunk.source_id,
+        **stored,
         META: meta,
         META_STR: {k: v for k, v in meta.items() if isinstance(v, str)},
     }
@@ -102,21 +98,8 @@ def chunk_payload(chunk: Chunk) -> dict[str, Any]:
 def chunk_from_payload(index_id: str, pid: object, payload: Mapping[str, Any] | None) -> Chunk:
     """Rebuild the Chunk stored by ``chunk_payload``."""
     p = payload or {}
-    return Chunk(
-        id=str(p.get(CHUNK_ID) or pid),
-        index_id=index_id,
-        file_id=str(p.get(FILE_ID, "")),
-        content=str(p.get("content", "")),
-        file_name=str(p.get("file_name", "")),
-        metadata=dict(p.get(META) or {}),
-        chunk_index=int(p.get("chunk_index", 0)),
-        start_char=int(p.get("start_char", 0)),
-        end_char=int(p.get("end_char", 0)),
-        token_count=int(p.get("token_count", 0)),
-        page_start=int(p.get("page_start", 0)),
-        page_end=int(p.get("page_end", 0)),
-        source_id=str(p.get("source_id", "")),
-    )
+    return chunk_from_stored(str(p.get(CHUNK_ID) or pid), index_id, str(p.get(FILE_ID, "")), str(p.get("content", "")),
+                             {**p, "metadata": p.get(META)})
 
 
 def index_kinds(metadata: Mapping[str, object]) -> Iterable[tuple[str, str]]:

@@ -72,7 +72,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.common.domain import FILE_ID_FIELD, And, Chunk, Condition, FilterNode, Not, Op, Or, Scalar, is_number
+from services.common.domain import (
+    FILE_ID_FIELD,
+    And,
+    Chunk,
+    Condition,
+    FilterNode,
+    Not,
+    Op,
+    Or,
+    Scalar,
+    chunk_from_stored,
+    is_number,
+    stored_fields,
+)
 from services.sparse.errors import InvalidFilter
 
 ANALYZER = "quarry_en"
@@ -298,18 +311,8 @@ def metadata_fields(file_id: str, metadata: Mapping[str, object]) -> dict[str, A
 
 def stored_chunk(chunk: Chunk) -> str:
     """The ``chunk`` field: what a hit needs beyond id, file id and content, as JSON."""
-    stored = {  # the index id is not stored: it is the index the document lives in
-        "file_name": chunk.file_name,
-        "metadata": dict(chunk.metadata),
-        "chunk_index": chunk.chunk_index,
-        "start_char": chunk.start_char,
-        "end_char": chunk.end_char,
-        "token_count": chunk.token_count,
-        "page_start": chunk.page_start,
-        "page_end": chunk.page_end,
-        "source_id": chunk.source_id,
-    }
-    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False)
+    # The index id is not stored: it is the index the document lives in.
+    return json.dumps(stored_fields(chunk), separators=(",", ":"), ensure_ascii=False)
 
 
 def document(chunk: Chunk) -> dict[str, Any]:
@@ -327,21 +330,8 @@ def chunk_from_source(index_id: str, source: Mapping[str, Any]) -> Chunk:
     """Rebuild the chunk a document was written from."""
     raw = source.get(STORED)
     stored: dict[str, Any] = json.loads(raw) if isinstance(raw, str) and raw else {}
-    return Chunk(
-        id=str(source.get(ID, "")),
-        index_id=index_id,
-        file_id=str(source.get(FILE_ID, "")),
-        content=str(source.get(CONTENT, "")),
-        file_name=stored.get("file_name", ""),
-        metadata=stored.get("metadata") or {},
-        chunk_index=stored.get("chunk_index", 0),
-        start_char=stored.get("start_char", 0),
-        end_char=stored.get("end_char", 0),
-        token_count=stored.get("token_count", 0),
-        page_start=stored.get("page_start", 0),
-        page_end=stored.get("page_end", 0),
-        source_id=stored.get("source_id", ""),
-    )
+    return chunk_from_stored(str(source.get(ID, "")), index_id, str(source.get(FILE_ID, "")),
+                             str(source.get(CONTENT, "")), stored)
 
 
 @dataclass(frozen=True, slots=True)

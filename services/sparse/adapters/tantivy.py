@@ -58,7 +58,7 @@ from typing import Any, TypeVar
 
 import tantivy
 
-from services.common.domain import Chunk, FilterNode, Hit
+from services.common.domain import Chunk, FilterNode, Hit, chunk_from_stored, stored_fields
 from services.sparse.adapters.tantivy_filters import KW_FIELD, NUM_FIELD, FilterCompiler, metadata_terms
 from services.sparse.errors import IndexDamaged
 
@@ -254,18 +254,8 @@ class TantivyKeywordIndex:
         doc.add_text("id", chunk.id)
         doc.add_text("file_id", chunk.file_id)
         doc.add_text("content", chunk.content)
-        stored = {  # the index id is not stored: it is the index the document lives in
-            "file_name": chunk.file_name,
-            "metadata": dict(chunk.metadata),
-            "chunk_index": chunk.chunk_index,
-            "start_char": chunk.start_char,
-            "end_char": chunk.end_char,
-            "token_count": chunk.token_count,
-            "page_start": chunk.page_start,
-            "page_end": chunk.page_end,
-            "source_id": chunk.source_id,
-        }
-        doc.add_bytes("chunk", json.dumps(stored, separators=(",", ":")).encode())
+        # The index id is not stored: it is the index the document lives in.
+        doc.add_bytes("chunk", json.dumps(stored_fields(chunk), separators=(",", ":")).encode())
         kw, num = metadata_terms(chunk.file_id, chunk.metadata)
         for term in kw:
             doc.add_text(KW_FIELD, term)
@@ -336,21 +326,7 @@ class TantivyKeywordIndex:
 
         blob = doc.get_first("chunk")
         stored = json.loads(blob) if isinstance(blob, bytes | str) else {}
-        return Chunk(
-            id=text("id"),
-            index_id=index_id,
-            file_id=text("file_id"),
-            content=text("content"),
-            file_name=stored.get("file_name", ""),
-            metadata=stored.get("metadata", {}),
-            chunk_index=stored.get("chunk_index", 0),
-            start_char=stored.get("start_char", 0),
-            end_char=stored.get("end_char", 0),
-            token_count=stored.get("token_count", 0),
-            page_start=stored.get("page_start", 0),
-            page_end=stored.get("page_end", 0),
-            source_id=stored.get("source_id", ""),
-        )
+        return chunk_from_stored(text("id"), index_id, text("file_id"), text("content"), stored)
 
     def _count_file(self, handle: _Handle, file_id: str) -> int:
         query = tantivy.Query.term_query(self._schema, "file_id", file_id, index_option="basic")
