@@ -337,6 +337,52 @@ def rerank_cost_section(r: dict[str, Any]) -> list[str]:
             ""]
 
 
+def engines_section(e: dict[str, Any]) -> list[str]:
+    from bench.engines import quality_rows
+
+    out = ["## The cluster engines beside the embedded stack", "", _meta_line(e["meta"]), "",
+           "The same corpora and queries through the same gateway code, once on the embedded stack (tantivy, "
+           "SQLite, in-process cache) and once on the cluster engines (a real OpenSearch 2.19 node, PostgreSQL, "
+           "Redis); dense is the embedded Qdrant in both, so every difference comes from the cluster engines.", ""]
+    if e.get("quality"):
+        out += ["### Quality (nDCG@10)", "",
+                _table(["dataset", "configuration", "embedded", "cluster", "change"], quality_rows(e["quality"])), ""]
+    sp = e.get("speed")
+    if sp:
+        ing, rb = sp["ingest"], sp.get("rebuild") or {}
+        out += ["### Speed", "",
+                f"A sync of {sp['first']:,} chunks from empty (end to end: parse, chunk, embed, both engines), then "
+                f"an index grown to {sp['chunks']:,} chunks on the embedded stack, copied, and its keyword index "
+                "rebuilt into OpenSearch from the catalog (`POST /indexes/{id}/rebuild`, sparse only); "
+                "closed-loop retrieves (fresh queries, no rerank) with both stacks up.", "",
+                _table(["figure", "embedded (tantivy)", "cluster (OpenSearch)"], [
+                    ["sync from empty, chunks/s", _f(ing["embedded"]["chunks_per_s"]),
+                     _f(ing["cluster"]["chunks_per_s"])],
+                    ["keyword rebuild from the catalog, chunks/s", "", _f(rb.get("chunks_per_s"), 0)],
+                    *[[f"retrieve c={c}: p50 / p99 ms, req/s",
+                       f"{_f(sp['load']['embedded'][c]['p50'])} / {_f(sp['load']['embedded'][c]['p99'])}, "
+                       f"{_f(sp['load']['embedded'][c]['throughput_rps'])}",
+                       f"{_f(sp['load']['cluster'][c]['p50'])} / {_f(sp['load']['cluster'][c]['p99'])}, "
+                       f"{_f(sp['load']['cluster'][c]['throughput_rps'])}"] for c in sp["load"]["embedded"]],
+                    ["sparse process RSS, MiB", _f(sp["rss_mb"]["embedded"]["sparse"], 0),
+                     _f(sp["rss_mb"]["cluster"]["sparse"], 0)],
+                ]), ""]
+    return out
+
+
+def telemetry_section(t: dict[str, Any]) -> list[str]:
+    from bench.telemetry import rows
+
+    return ["## Telemetry overhead", "", _meta_line(t["meta"]), "",
+            f"One index of {t['chunks']:,} synthetic chunks served in three configurations, each started in turn, "
+            f"{t['rounds']} interleaved rounds of {t['duration_s']:.0f} s per measurement (medians over the rounds): "
+            "`off` (`QUARRY_METRICS_ENABLED=false`, no tracing), `metrics` (the default), `metrics+traces` (every "
+            f"span exported over OTLP to a collector on the same machine; {t['spans_received']:,} spans received). "
+            "Closed-loop retrieves, fresh queries, no rerank.", "",
+            _table(["configuration", "c=1 p50 ms", "c=1 p99 ms", f"c={t['concurrency']} req/s", "p50 vs off",
+                    "throughput vs off"], rows(t)), ""]
+
+
 def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> str:
     """Write the plots and the page; returns the page."""
     plots.mkdir(parents=True, exist_ok=True)
@@ -371,6 +417,12 @@ def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> s
         if len(speed.get("scale", [])) > 0:
             plot_scale(speed, plots / "scale.png")
         lines += speed_section(speed)
+    engines = load("engines", results)
+    if engines:
+        lines += engines_section(engines)
+    telemetry = load("telemetry", results)
+    if telemetry:
+        lines += telemetry_section(telemetry)
     page = "\n".join(lines).rstrip() + "\n"
     docs.write_text(page)
     return page

@@ -127,6 +127,27 @@ def test_every_mode_runs_end_to_end(tmp_path: Path) -> None:
                                                                         "stages.png", "scale.png"}
 
 
+def test_telemetry_overhead_runs_each_configuration(tmp_path: Path) -> None:
+    from bench import telemetry
+
+    vocab = Vocabulary.from_datasets([write_beir(tmp_path / "tiny")])
+    result = telemetry.run(vocab, tmp_path / "work", chunks=10, concurrency=2, duration=1, rounds=1)
+    assert set(result["runs"]) == set(telemetry.CONFIGS)
+    for runs in result["runs"].values():
+        (one,) = runs
+        assert one["errors"] == 0 and one["throughput_rps"] > 0 and one["c1_p50_ms"] > 0
+    assert result["summary"]["off"]["p50_vs_off"] == 1.0
+    assert result["spans_received"] > 0  # only the metrics+traces stack exported spans
+    assert [r[0] for r in telemetry.rows(result)] == list(telemetry.CONFIGS)
+
+
+@pytest.mark.skipif(not HAS_PLOTS, reason="matplotlib (the bench extra) renders the report")
+def test_the_committed_results_render(tmp_path: Path) -> None:
+    page = report.render(Path(report.RESULTS), tmp_path / "benchmarks.md", tmp_path / "plots")
+    for section in ("## The cluster engines beside the embedded stack", "## Telemetry overhead"):
+        assert section in page
+
+
 def test_cli_lists_the_modes_and_names_a_bad_option() -> None:
     from typer.testing import CliRunner
 
@@ -135,7 +156,7 @@ def test_cli_lists_the_modes_and_names_a_bad_option() -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["bench", "--help"])
     assert listed.exit_code == 0
-    for mode in ("quality", "load", "scale", "ingest", "rerank", "report"):
+    for mode in ("quality", "load", "scale", "ingest", "rerank", "engines", "telemetry", "report"):
         assert mode in listed.output
     bad = runner.invoke(app, ["bench", "load", "--sizes", "10,x", "--no-peer"])
     assert bad.exit_code != 0 and "10,x" in bad.output
