@@ -76,7 +76,8 @@ class RetrieveRequest(_Request):
         "index_id": "0b6f7f5e-2d7c-4a55-9a7e-3f3f2b1c9d10",
         "query": "how does hybrid search combine dense and sparse results?",
         "top_k": 5,
-        "custom_filters": {"year": [{"operator": "gte", "value": 2021}], "topic": {"operator": "eq", "value": "search"}},
+        "custom_filters": {"year": [{"operator": "gte", "value": 2021}],
+                           "topic": {"operator": "eq", "value": "search"}},
         "rerank": {"enabled": True, "top_n": 3},
     }]})
 
@@ -84,7 +85,8 @@ class RetrieveRequest(_Request):
     query: Query = Field(description="The question or keywords")
     custom_filters: dict[str, CustomFilter | list[RangeBound] | None] | None = Field(
         default=None, description="Metadata filters by key: one condition, or a list of range bounds (all must hold)")
-    full_text_pipeline_weight: Weight | None = Field(default=None, description="Weight of the BM25 leg (0 turns it off)")
+    full_text_pipeline_weight: Weight | None = Field(default=None,
+                                                     description="Weight of the BM25 leg (0 turns it off)")
     vector_pipeline_weight: Weight | None = Field(default=None, description="Weight of the dense leg (0 turns it off)")
     num_candidates: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None, description="Candidates each leg returns before fusion")
