@@ -158,13 +158,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         """Ready when the gateway can answer a retrieve: files (auth, catalog) and at least one leg.
         A reranker or one leg down only degrades answers, so it does not take the gateway out;
-        ``down`` names every component that is not serving either way."""
+        ``down`` names every component that is not serving either way; ``damaged_indexes.sparse``
+        is ``null`` when sparse did not say (down, or not answering within the probe's second)."""
         backends = request.app.state.backends
         health, damaged = await asyncio.gather(backends.health(), backends.damaged_indexes())
         serving = {name for name, v in health.items() if v == "SERVING"}
         ok = "files" in serving and bool(serving & {"dense", "sparse"})
         down = sorted(set(health) - serving)
-        body = {"ready": ok, "down": down, "backends": health, "damaged_indexes": {"sparse": sorted(damaged or {})}}
+        body = {"ready": ok, "down": down, "backends": health, "damaged_indexes": {"sparse": None if damaged is None else sorted(damaged)}}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

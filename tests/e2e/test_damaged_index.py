@@ -41,6 +41,17 @@ def _answer(http: httpx.Client, index_id: str, query: str = QUERY) -> dict[str, 
     return dict(r.json())
 
 
+def _ready(http: httpx.Client, timeout: float = 30.0) -> httpx.Response:
+    """/readyz once it knows sparse's damaged list: right after a restart the gateway's channel may
+    still be reconnecting, and the list is then ``null`` (unknown), never an empty list."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = http.get("/readyz")
+        if ready.json()["damaged_indexes"]["sparse"] is not None or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.2)
+
+
 def _rows(answer: dict[str, Any]) -> list[tuple[str, int, float]]:
     return [(r["static_fields"]["parsed_directory_file_id"], r["static_fields"]["chunk_index"], r["score"])
             for r in answer["results"]]
@@ -59,7 +70,7 @@ def test_a_damaged_index_degrades_to_dense_and_a_rebuild_restores_it(stack: Stac
     time.sleep(0.5)
     serving(stack, "sparse")
 
-    ready = http.get("/readyz")
+    ready = _ready(http)
     assert ready.status_code == 200, ready.text  # one damaged index does not take the stack out
     assert ready.json()["damaged_indexes"]["sparse"] == [index_id]
     health = http.get(f"/api/v1/indexes/{index_id}").json()["engine_health"]
@@ -76,7 +87,7 @@ def test_a_damaged_index_degrades_to_dense_and_a_rebuild_restores_it(stack: Stac
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rebuilt" in done.stderr
 
-    assert http.get("/readyz").json()["damaged_indexes"]["sparse"] == []
+    assert _ready(http).json()["damaged_indexes"]["sparse"] == []
     assert http.get(f"/api/v1/indexes/{index_id}").json()["engine_health"] == {"sparse": "ok"}
     after = _answer(http, index_id)  # the rebuild moved the index's generation: no stale cache entry
     assert after["degraded"] is None and after["cached"] is False
