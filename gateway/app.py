@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import errors, openapi
+from gateway import errors, grpc_api, openapi
 from gateway.admission import Admission, LocalRateLimiter, RateLimiter, RedisRateLimiter, Stage
 from gateway.admission import register as admission_errors
 from gateway.auth import Authenticator
@@ -24,6 +24,7 @@ from gateway.backends import Backends, Stages
 from gateway.cache import Cache, IndexCache, LruCache, RedisCache
 from gateway.routes import admin, catalog, media, pipelines, retrieval
 from gateway.settings import GatewaySettings
+from gateway.usecases import UseCases
 from gateway.validation import RejectSurrogates
 from services.common.logging import request_id
 from services.common.telemetry import HTTP_REQUESTS, HTTP_SECONDS, configure_tracing, instrument_fastapi
@@ -117,9 +118,17 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         app.state.cache = build_cache(settings)
         app.state.indexes = IndexCache(settings.index_cache_seconds)
         app.state.auth = Authenticator(settings.auth_cache_seconds, settings.catalog_timeout_seconds)
+        app.state.usecases = UseCases(settings, app.state.backends, app.state.cache, app.state.indexes,
+                                      app.state.auth)
+        grpc_server = None
+        if settings.grpc_port is not None:
+            grpc_server, app.state.grpc_port = await grpc_api.start(settings.host, settings.grpc_port,
+                                                                    app.state.usecases, limiter)
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.grace_seconds)
             await app.state.cache.close()
             await app.state.backends.close()
             if limiter is not None:
@@ -165,7 +174,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         serving = {name for name, v in health.items() if v == "SERVING"}
         ok = "files" in serving and bool(serving & {"dense", "sparse"})
         down = sorted(set(health) - serving)
-        body = {"ready": ok, "down": down, "backends": health, "damaged_indexes": {"sparse": None if damaged is None else sorted(damaged)}}
+        known = None if damaged is None else sorted(damaged)
+        body = {"ready": ok, "down": down, "backends": health, "damaged_indexes": {"sparse": known}}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app

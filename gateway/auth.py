@@ -10,8 +10,12 @@ import time
 import grpc
 from fastapi import HTTPException, Request
 
-from services._proto.quarry.files.v1 import files_pb2
+from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
 from services.common.telemetry import CACHE_REQUESTS
+
+
+class Unauthenticated(Exception):
+    """No key, or one the catalog does not accept (unknown, expired, revoked)."""
 
 
 class Authenticator:
@@ -20,11 +24,11 @@ class Authenticator:
         self._timeout = timeout
         self._cache: dict[str, tuple[float, files_pb2.Identity]] = {}
 
-    async def identity(self, request: Request) -> files_pb2.Identity:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+    async def identity(self, authorization: str, files: files_pb2_grpc.FilesStub) -> files_pb2.Identity:
+        """The identity of an ``authorization`` value (``Bearer <key>``); ``Unauthenticated`` otherwise."""
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise HTTPException(401, "missing bearer API key", headers={"www-authenticate": "Bearer"})
+            raise Unauthenticated("missing bearer API key")
         digest = hashlib.sha256(token.strip().encode()).hexdigest()
         cached = self._cache.get(digest)
         fresh = cached is not None and cached[0] > time.monotonic()
@@ -32,13 +36,12 @@ class Authenticator:
         if cached and fresh:
             return cached[1]
         try:
-            identity = await request.app.state.backends.files.AuthenticateKey(
+            identity = await files.AuthenticateKey(
                 files_pb2.AuthenticateRequest(api_key=token.strip()), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise HTTPException(401, exc.details() or "invalid API key",
-                                    headers={"www-authenticate": "Bearer"}) from None
+                raise Unauthenticated(exc.details() or "invalid API key") from None
             raise
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -57,8 +60,10 @@ class Authenticator:
 
 async def current_identity(request: Request) -> files_pb2.Identity:
     """FastAPI dependency: the caller's identity, or 401."""
-    auth: Authenticator = request.app.state.auth
-    return await auth.identity(request)
+    try:
+        return await request.app.state.usecases.authenticate(request.headers.get("authorization", ""))
+    except Unauthenticated as exc:
+        raise HTTPException(401, str(exc), headers={"www-authenticate": "Bearer"}) from None
 
 
 async def current_project(request: Request) -> files_pb2.Project:

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway.field_errors import field_errors
 from gateway.filters import FilterError
 
 log = logging.getLogger(__name__)
@@ -76,11 +77,7 @@ async def _timeout(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {k: v for k, v in e.items() if k in ("loc", "msg", "type")}
-        for e in exc.errors()
-    ]
-    return error_response(422, errors)
+    return error_response(422, field_errors(exc.errors()))
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:

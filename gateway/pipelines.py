@@ -28,7 +28,6 @@ from gateway import legacy_models as lm
 from gateway.backends import Backends, Budget
 from gateway.filters import conjunction
 from gateway.retrieval import Outcome, Plan, Result, retrieve
-from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import Chunk, Condition, FilterNode, Op, files_index_id
 
@@ -42,36 +41,6 @@ _SUMMARY = re.compile(
 )
 _WORD = re.compile(r"\w+")
 _SEPARATORS = re.compile(r"[\s_\-./\\]+")
-
-
-def legacy_plan(index_id: str, body: lm.PipelineRetrieveRequest, settings: GatewaySettings,
-                flt: FilterNode | None) -> Plan:
-    """The legacy knobs on the v2 machinery; absent values take the same defaults as v2, so
-    the two surfaces return the same chunks for the same query."""
-    d = settings.defaults
-    if body.alpha is None:
-        dense_w, sparse_w = d.dense_weight, d.sparse_weight
-    else:
-        dense_w, sparse_w = body.alpha, 1.0 - body.alpha
-    top_k = min(body.dense_similarity_top_k or d.top_k, d.max_top_k)
-    return Plan(
-        index_id=index_id,
-        query=body.query,
-        top_k=top_k,
-        num_candidates=min(max(d.num_candidates, body.sparse_similarity_top_k or 0), 10_000),
-        dense_weight=dense_w,
-        sparse_weight=sparse_w,
-        fusion=d.fusion,
-        rerank=d.rerank_enabled if body.enable_reranking is None else body.enable_reranking,
-        rerank_top_n=body.rerank_top_n,
-        rerank_depth=d.rerank_depth,
-        rerank_blend=d.rerank_blend,
-        rerank_timeout=d.rerank_timeout_seconds,
-        leg_timeout=d.leg_timeout_seconds,
-        score_threshold=None,
-        filter=flt,
-        dense_cutoff=body.dense_similarity_cutoff,
-    )
 
 
 # ---- filter inference ---------------------------------------------------------------------

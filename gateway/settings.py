@@ -60,6 +60,9 @@ class GatewaySettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    #: The public gRPC API (quarry.retrieval.v1.Retrieval) on this port; unset: not served
+    #: (``quarry up`` serves it on 8001, deploy/ on the Service's ``grpc`` port).
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
     dense_addr: str = "127.0.0.1:50061"
     sparse_addr: str = "127.0.0.1:50062"
     rerank_addr: str = "127.0.0.1:50063"

@@ -211,12 +211,13 @@ def up(
     data_dir: DataDir = Path(".quarry"),
     host: Annotated[str, typer.Option(help="Gateway host")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Gateway port")] = 8000,
+    grpc_port: Annotated[int, typer.Option(help="The gateway's gRPC API port (quarry.retrieval.v1)")] = 8001,
     api_key: ApiKey = None,
     sample: Annotated[bool, typer.Option(help="Ingest the bundled sample corpus on first start")] = True,
 ) -> None:
     """Start every Quarry process on embedded backends and keep them running (Ctrl-C stops)."""
     data_dir = data_dir.resolve()
-    stack = Stack(data_dir=data_dir, host=host, port=port, api_key=api_key,
+    stack = Stack(data_dir=data_dir, host=host, port=port, grpc_port=grpc_port, api_key=api_key,
                   notify=lambda message: console.print(f"[yellow]supervisor:[/] {message}"))
     console.print(f"[bold]quarry[/] starting on embedded backends, data in {data_dir}")
     stop = {"now": False}
@@ -232,7 +233,7 @@ def up(
         console.print(f"[red]start-up failed:[/] {exc}")
         raise typer.Exit(1) from None
     key = stack.api_key or ""
-    console.print(f"[green]ready[/] gateway {stack.base_url}  project 'Default'")
+    console.print(f"[green]ready[/] gateway {stack.base_url}  gRPC {stack.grpc_address}  project 'Default'")
     if not api_key:
         console.print(f"API key: [bold]{key}[/]  (stored in {data_dir / 'api_key'})")
     try:

@@ -96,6 +96,9 @@ def port_holder(host: str, port: int) -> str | None:
     return owner
 
 
+_PORT_OPTIONS = {"gateway": " (--port)", "gateway's gRPC API": " (--grpc-port)"}
+
+
 @dataclass
 class Stack:
     """A running stack. ``start`` returns once the gateway answers /readyz."""
@@ -103,6 +106,8 @@ class Stack:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 8000
+    #: The gateway's public gRPC port (``quarry.retrieval.v1.Retrieval``); 0: a free port.
+    grpc_port: int = 0
     api_key: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     log_format: str = "text"
@@ -127,6 +132,11 @@ class Stack:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def grpc_address(self) -> str:
+        """Where the gateway serves the public gRPC API."""
+        return f"{self.host}:{self.grpc_port}"
 
     def _env(self, name: str, extra: Mapping[str, str]) -> dict[str, str]:
         env = {**os.environ, **self.env, **extra}
@@ -218,6 +228,8 @@ class Stack:
     def check_ports(self) -> None:
         """Every fixed port must be free before anything starts; say which is taken and by what."""
         wanted = [("gateway", self.host, self.port)] if self.port else []
+        if self.grpc_port:
+            wanted.append(("gateway's gRPC API", self.host, self.grpc_port))
         for name in (*BACKENDS, "ingest"):
             fixed = self.env.get(f"QUARRY_{name.upper()}_PORT", "0")
             if fixed.isdigit() and int(fixed):
@@ -226,7 +238,7 @@ class Stack:
             holder = port_holder(host, port)
             if holder:
                 raise StackError(f"port {port} on {host} (for the {name}) is taken by {holder}; stop it or choose "
-                                 f"another port{' (--port)' if name == 'gateway' else ''}")
+                                 f"another port{_PORT_OPTIONS.get(name, '')}")
 
     def start(self, timeout: float = 120.0) -> None:
         self.check_ports()
@@ -246,9 +258,12 @@ class Stack:
             self.ensure_api_key()
             if self.port == 0:
                 self.port = _free_port(self.host)
+            if self.grpc_port == 0:
+                self.grpc_port = _free_port(self.host)
             gateway = self._spawn("gateway", "gateway", {
                 "QUARRY_GATEWAY_HOST": self.host,
                 "QUARRY_GATEWAY_PORT": str(self.port),
+                "QUARRY_GATEWAY_GRPC_PORT": str(self.grpc_port),
                 **{f"QUARRY_GATEWAY_{n.upper()}_ADDR": self.addresses[n] for n in BACKENDS},
             })
             self._wait_gateway(gateway, deadline)

@@ -232,13 +232,7 @@ async def list_indexes(
     page_token: str | None = None,
     source_directory_id: str | None = None,
 ) -> models.IndexPage:
-    response = await files_of(request).ListIndexes(
-        files_pb2.ListIndexesRequest(
-            project_id=project.id, page_size=page_size or 0, page_token=page_token or "",
-            source_directory_id=source_directory_id or "",
-        ),
-        timeout=catalog_timeout(request),
-    )
+    response = await request.app.state.usecases.list_indexes(project.id, page_size, page_token, source_directory_id)
     return models.IndexPage(
         items=[shaping.index(i) for i in response.items],
         next_page_token=response.next_page_token or None,
@@ -252,9 +246,7 @@ async def get_index(
 ) -> models.Index:
     i = await resolve_index(request, project, index_id)
     shaped = shaping.index(i, expand_sync="sync_in_progress" in (expand or []))
-    damaged = await request.app.state.backends.damaged_indexes()
-    sparse = "unknown" if damaged is None else (f"damaged: {damaged[i.id]}" if i.id in damaged else "ok")
-    shaped.engine_health = {"sparse": sparse}
+    shaped.engine_health = await request.app.state.usecases.engine_health(i.id)
     return shaped
 
 

@@ -4,17 +4,14 @@ and the caller's project."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Annotated
 
 import grpc
 from fastapi import Depends, Request
 
 from gateway.auth import current_project
-from gateway.cache import IndexCache
 from gateway.settings import GatewaySettings
 from services._proto.quarry.files.v1 import files_pb2, files_pb2_grpc
-from services.common.telemetry import RETRIEVE_STAGE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +39,7 @@ async def resolve_index(request: Request, project: files_pb2.Project, index_id: 
     ``for_query``: a retrieve, which may use the index as an earlier request read it (see
     ``IndexCache``); everything else reads it afresh, and that refreshes the retrieves' view.
     """
-    indexes: IndexCache = request.app.state.indexes
-    if for_query and (known := indexes.get(project.id, index_id)) is not None:
-        return known
-    started = time.perf_counter()
-    index: files_pb2.Index = await files_of(request).GetIndex(
-        files_pb2.GetIndexRequest(project_id=project.id, index_id=index_id), timeout=catalog_timeout(request)
-    )
-    if for_query:
-        RETRIEVE_STAGE_SECONDS.labels("catalog").observe(time.perf_counter() - started)
-    indexes.put(project.id, index, index_id)
-    return index
+    return await request.app.state.usecases.index(project.id, index_id, for_query=for_query)  # type: ignore[no-any-return]
 
 
 async def remove_index(request: Request, project: files_pb2.Project, index_id: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from typing import Annotated, Any
 from urllib.parse import unquote_plus
@@ -22,13 +21,12 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway import legacy_models as lm
 from gateway import pipelines as use
-from gateway.backends import Budget
-from gateway.cache import cache_key
 from gateway.errors import error_response, field_error
 from gateway.filters import compile_metadata_filters, conjunction
 from gateway.models import INT32_MAX
-from gateway.retrieval import retrieve
+from gateway.requests import legacy_query
 from gateway.routes.deps import Project, catalog_timeout, files_of, remove_index, resolve_index, settings_of
+from gateway.usecases import UseCases
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import DOCUMENT_CONTENT_TYPE
 
@@ -544,61 +542,34 @@ async def retrieve_pipeline(
 ) -> Response:
     """Retrieve from a pipeline in any of the four modes (see ``gateway.pipelines``)."""
     settings = settings_of(request)
-    started = time.perf_counter()
-    budget = Budget(settings.request_timeout_seconds)
+    usecases: UseCases = request.app.state.usecases
+    budget = usecases.budget()
     explicit = compile_metadata_filters(body.search_filters)
     inferred, inferred_shown, inference_note = use.infer_filters(body.search_filters_inference_schema, body.query)
     flt = conjunction([f for f in (explicit, inferred) if f is not None])
-    plan = use.legacy_plan(pipeline_id, body, settings, flt)
-    if plan.dense_weight <= 0 and plan.sparse_weight <= 0:
-        return field_error(("body", "alpha"), "alpha leaves no leg to search")
-    index = await resolve_index(request, project, pipeline_id, for_query=True)
-    key = cache_key("pipeline-retrieve", index.id, index.generation, body.model_dump(mode="json"))
-    cache = request.app.state.cache
-    if (hit := await cache.get(key)) is not None:
-        payload = json.loads(hit)
-        payload["retrieval_latency"] = {"total": time.perf_counter() - started}
-        payload["metadata"]["cached"] = "true"
-        return JSONResponse(payload)
-
-    backends = request.app.state.backends
-    metadata: dict[str, str] = {}
-    mode = body.retrieval_mode or "chunks"
-    if mode == "auto_routed":
-        t0 = time.perf_counter()
-        mode, reason = await use.route(backends, plan, budget)
-        metadata["routing_reason"] = reason
+    index, answer = await usecases.retrieve(project.id, legacy_query(pipeline_id, body, settings, flt), budget,
+                                            want_pages=False)
+    metadata: dict[str, str] = {"retrieval_mode": answer.mode}
+    if answer.routing_reason is not None:
+        metadata["routing_reason"] = answer.routing_reason
         metadata["requested_retrieval_mode"] = "auto_routed"
-        route_seconds = time.perf_counter() - t0
-    else:
-        route_seconds = 0.0
-    metadata["retrieval_mode"] = mode
     if inference_note:
         metadata["search_filters_inference"] = inference_note
-
-    files_top_k = body.files_top_k or 1
-    if mode == "chunks":
-        outcome = await retrieve(backends, plan, budget)
-        nodes = [use.chunk_node(r) for r in outcome.results]
-        touched = [(r.fused.chunk, use.result_score(r)) for r in outcome.results]
-        whole_files = False
+    if answer.files:
+        nodes = [use.file_node(use.FileResult(f.chunk, f.score), f.text) for f in answer.files]
     else:
-        pick = use.files_via_content if mode == "files_via_content" else use.files_via_metadata
-        chosen, outcome = await pick(backends, plan, files_top_k, budget)
-        texts = await use.read_whole(backends, project.id, index.id, chosen, settings.max_file_node_chars,
-                                     budget.remaining())
-        nodes = [use.file_node(f, t) for f, t in zip(chosen, texts, strict=True)]
-        touched = [(f.chunk, f.score) for f in chosen]
-        whole_files = True
-    if outcome.degraded:
-        metadata["degraded"] = "; ".join(outcome.degraded)
+        nodes = [use.chunk_node(r) for r in answer.results]
+    if answer.degraded:
+        metadata["degraded"] = "; ".join(answer.degraded)
+    if answer.cached:
+        metadata["cached"] = "true"
 
     image_nodes: list[lm.PageScreenshotNodeWithScore] = []
     if body.retrieve_page_screenshot_nodes or body.retrieve_image_nodes:
         if use.index_config(index).get("page_screenshots"):
             image_nodes = await use.screenshot_nodes(
-                backends, project.id, use.pages_of(touched, whole_files), settings.max_image_nodes,
-                budget.remaining(),
+                request.app.state.backends, project.id, use.pages_of(answer.touched(), bool(answer.files)),
+                settings.max_image_nodes, budget.remaining(),
             )
         else:
             metadata["page_screenshots"] = (
@@ -606,16 +577,8 @@ async def retrieve_pipeline(
             )
     if body.retrieve_page_figure_nodes or body.retrieve_image_nodes:
         metadata["page_figures"] = "Quarry does not extract page figures"
-
-    latency = dict(outcome.latency)
-    if route_seconds:
-        latency["routing"] = route_seconds
-    latency["total"] = time.perf_counter() - started
     response = lm.RetrieveResults(
         pipeline_id=index.id, retrieval_nodes=nodes, image_nodes=image_nodes,
-        inferred_search_filters=inferred_shown, retrieval_latency=latency, metadata=metadata,
+        inferred_search_filters=inferred_shown, retrieval_latency=answer.latency, metadata=metadata,
     )
-    rendered = JSONResponse(response.model_dump(mode="json", exclude_none=True))
-    if not outcome.degraded:
-        await cache.set(key, bytes(rendered.body), settings.cache_ttl_seconds)
-    return rendered
+    return JSONResponse(response.model_dump(mode="json", exclude_none=True))

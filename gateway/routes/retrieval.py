@@ -2,65 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway import models
-from gateway.backends import Budget
-from gateway.cache import cache_key
-from gateway.errors import field_error
-from gateway.filters import compile_custom_filters, compile_static_filters, conjunction
-from gateway.pipelines import index_config
-from gateway.retrieval import Outcome, Plan, retrieve
-from gateway.routes.deps import Project, resolve_index
+from gateway.requests import v2_query
+from gateway.routes.deps import Project
 from gateway.routes.media import ATTACHMENT_TYPE, attachment_name
-from gateway.settings import GatewaySettings
+from gateway.usecases import Answer, UseCases
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import Chunk
 
 router = APIRouter(prefix="/api/v1/retrieval", tags=["retrieval"])
-
-
-def make_plan(body: models.RetrieveRequest, settings: GatewaySettings) -> Plan:
-    d = settings.defaults
-    dense_w = d.dense_weight if body.vector_pipeline_weight is None else body.vector_pipeline_weight
-    sparse_w = d.sparse_weight if body.full_text_pipeline_weight is None else body.full_text_pipeline_weight
-    rerank = body.rerank or models.RerankConfig()
-    flt = conjunction(compile_custom_filters(body.custom_filters) + compile_static_filters(body.static_filters))
-    return Plan(
-        index_id=body.index_id,
-        query=body.query,
-        top_k=min(body.top_k or d.top_k, d.max_top_k),
-        num_candidates=body.num_candidates or d.num_candidates,
-        dense_weight=dense_w,
-        sparse_weight=sparse_w,
-        fusion=body.fusion or d.fusion,
-        rerank=d.rerank_enabled if rerank.enabled is None else rerank.enabled,
-        rerank_top_n=rerank.top_n,
-        rerank_depth=d.rerank_depth,
-        rerank_blend=d.rerank_blend,
-        rerank_timeout=d.rerank_timeout_seconds,
-        leg_timeout=d.leg_timeout_seconds,
-        score_threshold=body.score_threshold,
-        filter=flt,
-    )
-
-
-async def stored_pages(request: Request, project_id: str, index: files_pb2.Index,
-                       outcome: Outcome) -> set[tuple[str, int]]:
-    """(file id, page index) of the results' stored page screenshots; empty when the index keeps none."""
-    if not outcome.results or not index_config(index).get("page_screenshots"):
-        return set()
-    settings: GatewaySettings = request.app.state.settings
-    file_ids = list(dict.fromkeys(r.fused.chunk.file_id for r in outcome.results))
-    listing = await request.app.state.backends.files.ListPageImages(
-        files_pb2.ListPageImagesRequest(project_id=project_id, file_ids=file_ids),
-        timeout=settings.catalog_timeout_seconds,
-    )
-    return {(i.file_id, i.page_index) for i in listing.items}
 
 
 def _attachments(chunk: Chunk, pages: set[tuple[str, int]]) -> list[models.Attachment] | None:
@@ -74,9 +27,9 @@ def _attachments(chunk: Chunk, pages: set[tuple[str, int]]) -> list[models.Attac
     return found or None
 
 
-def shape(outcome: Outcome, pages: set[tuple[str, int]] | None = None) -> models.RetrieveResponse:
+def shape(answer: Answer) -> models.RetrieveResponse:
     results = []
-    for r in outcome.results:
+    for r in answer.results:
         c = r.fused.chunk
         results.append(
             models.RetrievedChunk(
@@ -93,7 +46,7 @@ def shape(outcome: Outcome, pages: set[tuple[str, int]] | None = None) -> models
                     # 0 means "no pages" (non-PDF files)
                     page_range_start=c.page_start or None,
                     page_range_end=c.page_end or None,
-                    attachments=_attachments(c, pages or set()),
+                    attachments=_attachments(c, answer.pages),
                 ),
                 dense_score=r.fused.dense_score,
                 sparse_score=r.fused.sparse_score,
@@ -101,7 +54,7 @@ def shape(outcome: Outcome, pages: set[tuple[str, int]] | None = None) -> models
             )
         )
     return models.RetrieveResponse(
-        results=results, latency=outcome.latency, degraded=outcome.degraded or None, cached=False
+        results=results, latency=answer.latency, degraded=answer.degraded or None, cached=answer.cached
     )
 
 
@@ -109,45 +62,16 @@ def shape(outcome: Outcome, pages: set[tuple[str, int]] | None = None) -> models
              operation_id="retrieve")
 async def retrieve_route(body: models.RetrieveRequest, request: Request, project: Project) -> Response:
     """Hybrid retrieval over one index (dense + BM25, fused, reranked)."""
-    settings: GatewaySettings = request.app.state.settings
-    started = time.perf_counter()
-    budget = Budget(settings.request_timeout_seconds)
-    plan = make_plan(body, settings)
-    if plan.dense_weight <= 0 and plan.sparse_weight <= 0:
-        return field_error(
-            ("body", "vector_pipeline_weight"),
-            "vector_pipeline_weight and full_text_pipeline_weight cannot both be 0",
-        )
-    index = await resolve_index(request, project, body.index_id, for_query=True)
-    key = cache_key("retrieve", index.id, index.generation, body.model_dump(mode="json"))
-    cache = request.app.state.cache
-    hit = await cache.get(key)
-    if hit is not None:
-        payload = json.loads(hit)
-        payload["cached"] = True
-        payload["latency"] = {"total": time.perf_counter() - started}
-        return JSONResponse(payload)
-    outcome = await retrieve(request.app.state.backends, plan, budget)
-    response = shape(outcome, await stored_pages(request, project.id, index, outcome))
-    response.latency = {**(response.latency or {}), "total": time.perf_counter() - started}
-    rendered = JSONResponse(response.model_dump(mode="json"))
-    if not outcome.degraded:  # never cache a degraded answer
-        await cache.set(key, bytes(rendered.body), settings.cache_ttl_seconds)
-    return rendered
+    use: UseCases = request.app.state.usecases
+    _, answer = await use.retrieve(project.id, v2_query(body), use.budget())
+    return JSONResponse(shape(answer).model_dump(mode="json"))
 
 
 async def _find(
     request: Request, project: files_pb2.Project, index_id: str, name: str | None, contains: str | None,
     page_size: int | None, page_token: str | None,
 ) -> tuple[list[models.FoundFile], files_pb2.FindFilesResponse]:
-    settings: GatewaySettings = request.app.state.settings
-    response: files_pb2.FindFilesResponse = await request.app.state.backends.files.FindFiles(
-        files_pb2.FindFilesRequest(
-            project_id=project.id, index_id=index_id, file_name=name or "", file_name_contains=contains or "",
-            page_size=page_size or 0, page_token=page_token or "",
-        ),
-        timeout=settings.catalog_timeout_seconds,
-    )
+    response = await request.app.state.usecases.find(project.id, index_id, name, contains, page_size, page_token)
     return [models.FoundFile(file_id=f.file_id, file_name=f.file_name) for f in response.items], response
 
 
@@ -174,14 +98,9 @@ async def search_files(
 @router.post("/files/grep", response_model=models.GrepResponse)
 async def grep_file(body: models.GrepRequest, request: Request, project: Project) -> models.GrepResponse:
     """RE2 matches in one parsed file with context; served as both ``items`` and ``matches``."""
-    settings: GatewaySettings = request.app.state.settings
-    response = await request.app.state.backends.files.GrepFile(
-        files_pb2.GrepFileRequest(
-            project_id=project.id, index_id=body.index_id, file_id=body.file_id, pattern=body.pattern,
-            context_chars=body.context_chars or 0, page_size=body.page_size or body.limit or 0,
-            page_token=body.page_token or "",
-        ),
-        timeout=settings.request_timeout_seconds,
+    response = await request.app.state.usecases.grep(
+        project.id, body.index_id, body.file_id, body.pattern, body.context_chars, body.page_size or body.limit,
+        body.page_token,
     )
     matches = [
         models.GrepMatch(content=m.content, start_char=m.start_char, end_char=m.end_char)
@@ -196,12 +115,6 @@ async def grep_file(body: models.GrepRequest, request: Request, project: Project
 @router.post("/files/read", response_model=models.ReadResponse)
 async def read_file(body: models.ReadRequest, request: Request, project: Project) -> models.ReadResponse:
     """``text[offset:offset+max_length]`` of a parsed file."""
-    settings: GatewaySettings = request.app.state.settings
-    response = await request.app.state.backends.files.ReadFile(
-        files_pb2.ReadFileRequest(
-            project_id=project.id, index_id=body.index_id, file_id=body.file_id, offset=body.offset or 0,
-            max_length=body.max_length or 0, has_max_length=body.max_length is not None,
-        ),
-        timeout=settings.catalog_timeout_seconds,
-    )
-    return models.ReadResponse(content=response.content)
+    content = await request.app.state.usecases.read(project.id, body.index_id, body.file_id, body.offset,
+                                                    body.max_length)
+    return models.ReadResponse(content=content)

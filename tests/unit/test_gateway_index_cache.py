@@ -1,4 +1,4 @@
-"""The retrieve path's view of the catalog (``IndexCache``) and how ``resolve_index`` uses it."""
+"""The retrieve path's view of the catalog (``IndexCache``) and how ``UseCases.index`` uses it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.cache import IndexCache
-from gateway.routes.deps import resolve_index
 from gateway.settings import GatewaySettings
+from gateway.usecases import UseCases
 from services._proto.quarry.files.v1 import files_pb2
 
 PROJECT = files_pb2.Project(id="p1", name="default")
@@ -33,10 +33,9 @@ class FakeFiles:
         return self.current
 
 
-def fake_request(files: FakeFiles, ttl: float) -> Any:
-    state = SimpleNamespace(settings=GatewaySettings(), backends=SimpleNamespace(files=files),
-                            indexes=IndexCache(ttl))
-    return SimpleNamespace(app=SimpleNamespace(state=state))
+def usecases(files: FakeFiles, ttl: float) -> UseCases:
+    backends: Any = SimpleNamespace(files=files)
+    return UseCases(GatewaySettings(), backends, cache=None, indexes=IndexCache(ttl), auth=None)  # type: ignore[arg-type]
 
 
 def test_an_entry_lives_for_the_ttl_under_its_id_and_the_id_it_was_asked_by(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,23 +70,23 @@ def test_ttl_zero_keeps_nothing_and_the_size_is_bounded() -> None:
 
 async def test_retrieves_reuse_the_index_and_any_fresh_read_refreshes_it() -> None:
     files = FakeFiles(index(1))
-    request = fake_request(files, ttl=60)
+    use = usecases(files, ttl=60)
 
-    assert (await resolve_index(request, PROJECT, "idx-1", for_query=True)).generation == 1
-    assert (await resolve_index(request, PROJECT, "idx-1", for_query=True)).generation == 1
+    assert (await use.index(PROJECT.id, "idx-1", for_query=True)).generation == 1
+    assert (await use.index(PROJECT.id, "idx-1", for_query=True)).generation == 1
     assert files.calls == 1  # the second retrieve did not ask the catalog
 
     files.current = index(2)  # a sync finished
-    assert (await resolve_index(request, PROJECT, "idx-1", for_query=True)).generation == 1  # within the ttl
+    assert (await use.index(PROJECT.id, "idx-1", for_query=True)).generation == 1  # within the ttl
     # A client polling the sync through this gateway reads afresh, and retrieves follow at once.
-    assert (await resolve_index(request, PROJECT, "idx-1")).generation == 2
-    assert (await resolve_index(request, PROJECT, "idx-1", for_query=True)).generation == 2
+    assert (await use.index(PROJECT.id, "idx-1")).generation == 2
+    assert (await use.index(PROJECT.id, "idx-1", for_query=True)).generation == 2
     assert files.calls == 2
 
 
 async def test_with_the_view_off_every_retrieve_reads_the_catalog() -> None:
     files = FakeFiles(index(1))
-    request = fake_request(files, ttl=0)
+    use = usecases(files, ttl=0)
     for _ in range(3):
-        await resolve_index(request, PROJECT, "idx-1", for_query=True)
+        await use.index(PROJECT.id, "idx-1", for_query=True)
     assert files.calls == 3

@@ -17,15 +17,15 @@ from gateway.pipelines import (
     best_per_file,
     chunk_node,
     infer_filters,
-    legacy_plan,
     names_file,
     pages_of,
     shown_file_id,
 )
-from gateway.retrieval import Result
+from gateway.retrieval import Plan, Result
 from gateway.routes.pipelines import pipeline_status
-from gateway.routes.retrieval import make_plan
+from gateway.requests import legacy_query, v2_query
 from gateway.settings import GatewaySettings
+from gateway.usecases import plan_for
 from services._proto.quarry.files.v1 import files_pb2
 from services.common.domain import And, Chunk, Condition, Not, Op, Or
 
@@ -100,13 +100,17 @@ def test_unknown_operator_is_a_validation_error() -> None:
         tree([{"key": "y", "value": 1, "operator": "~="}])
 
 
+def legacy_plan(index_id: str, body: lm.PipelineRetrieveRequest, settings: GatewaySettings) -> Plan:
+    return plan_for(legacy_query(index_id, body, settings, None), settings)
+
+
 def test_legacy_defaults_match_the_v2_defaults() -> None:
     settings = GatewaySettings()
-    legacy = legacy_plan("i", lm.PipelineRetrieveRequest(query="q"), settings, None)
-    v2 = make_plan(RetrieveRequest(index_id="i", query="q"), settings)
+    legacy = legacy_plan("i", lm.PipelineRetrieveRequest(query="q"), settings)
+    v2 = plan_for(v2_query(RetrieveRequest(index_id="i", query="q")), settings)
     assert legacy == v2
-    legacy = legacy_plan("i", lm.PipelineRetrieveRequest(query="q", dense_similarity_top_k=7), settings, None)
-    v2 = make_plan(RetrieveRequest(index_id="i", query="q", top_k=7), settings)
+    legacy = legacy_plan("i", lm.PipelineRetrieveRequest(query="q", dense_similarity_top_k=7), settings)
+    v2 = plan_for(v2_query(RetrieveRequest(index_id="i", query="q", top_k=7)), settings)
     assert legacy == v2
 
 
@@ -115,11 +119,11 @@ def test_legacy_knobs() -> None:
         query="q", alpha=0.25, enable_reranking=False, rerank_top_n=3, sparse_similarity_top_k=400,
         dense_similarity_cutoff=0.3,
     )
-    plan = legacy_plan("i", body, GatewaySettings(), None)
+    plan = legacy_plan("i", body, GatewaySettings())
     assert (plan.dense_weight, plan.sparse_weight) == (0.25, 0.75)
     assert plan.rerank is False and plan.rerank_top_n == 3
     assert plan.num_candidates == 400 and plan.dense_cutoff == 0.3
-    assert legacy_plan("i", lm.PipelineRetrieveRequest(query="q", alpha=0), GatewaySettings(), None).dense_weight == 0
+    assert legacy_plan("i", lm.PipelineRetrieveRequest(query="q", alpha=0), GatewaySettings()).dense_weight == 0
 
 
 class Topic(enum.StrEnum):
