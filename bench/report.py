@@ -383,6 +383,19 @@ def telemetry_section(t: dict[str, Any]) -> list[str]:
                     "throughput vs off"], rows(t)), ""]
 
 
+def surfaces_section(t: dict[str, Any]) -> list[str]:
+    from bench.surfaces import rows
+
+    n = t["concurrency"]
+    return ["## gRPC vs HTTP", "", _meta_line(t["meta"]), "",
+            f"The same retrieves over the gateway's two surfaces, one stack, one index of {t['chunks']:,} synthetic "
+            f"chunks, {t['rounds']} interleaved rounds of {t['duration_s']:.0f} s per measurement (medians over the "
+            "rounds). Closed-loop clients, fresh queries (no cache hit), rerank off (the transport's cost, not the "
+            f"model's). HTTP: httpx with a keep-alive pool of {n} connections; gRPC: one grpc.aio channel.", "",
+            _table(["surface", "c=1 p50 ms", "c=1 p99 ms", f"c={n} p50 ms", f"c={n} p99 ms", f"c={n} req/s"],
+                   rows(t)), ""]
+
+
 def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> str:
     """Write the plots and the page; returns the page."""
     plots.mkdir(parents=True, exist_ok=True)
@@ -423,6 +436,9 @@ def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> s
     telemetry = load("telemetry", results)
     if telemetry:
         lines += telemetry_section(telemetry)
+    surfaces = load("surfaces", results)
+    if surfaces:
+        lines += surfaces_section(surfaces)
     page = "\n".join(lines).rstrip() + "\n"
     docs.write_text(page)
     return page

@@ -15,7 +15,6 @@ Errors are the backends' ``grpc.aio.AioRpcError`` (NOT_FOUND for an unknown or f
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -143,8 +142,8 @@ def _chunk_of(d: dict[str, Any]) -> Chunk:
 
 
 def _plan_key(plan: Plan, q: RetrieveQuery, want_pages: bool) -> dict[str, Any]:
-    return {"plan": dataclasses.asdict(plan), "mode": q.mode, "files_top_k": q.files_top_k or 1,
-            "pages": want_pages}
+    # repr, not dataclasses.asdict: asdict would spell And, Or and their children alike.
+    return {"plan": repr(plan), "mode": q.mode, "files_top_k": q.files_top_k or 1, "pages": want_pages}
 
 
 class UseCases:

@@ -774,6 +774,25 @@ def bench_telemetry(
     _bench("telemetry", work_dir, results, run)
 
 
+@bench_app.command("surfaces")
+def bench_surfaces(
+    chunks: Annotated[int, typer.Option("--chunks", min=100, help="Chunks of the synthetic index")] = 2_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=2, help="Clients of the concurrent run")] = 32,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Interleaved rounds per surface")] = 3,
+    duration: Duration = 15,
+    work_dir: WorkDir = None,
+    results: Results = None,
+) -> None:
+    """The same retrieves over HTTP and over gRPC in one run: p50/p99 at concurrency 1 and N."""
+    from bench import corpus, surfaces
+
+    def run(folder: Path) -> dict[str, Any]:
+        vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
+        return surfaces.run(vocab, folder, chunks=chunks, concurrency=concurrency, duration=duration, rounds=rounds)
+
+    _bench("surfaces", work_dir, results, run)
+
+
 @bench_app.command("report")
 def bench_report() -> None:
     """Regenerate docs/benchmarks.md and docs/bench/*.png from bench/results/*.json."""

@@ -141,10 +141,22 @@ def test_telemetry_overhead_runs_each_configuration(tmp_path: Path) -> None:
     assert [r[0] for r in telemetry.rows(result)] == list(telemetry.CONFIGS)
 
 
+def test_surfaces_measures_http_and_grpc_in_one_run(tmp_path: Path) -> None:
+    from bench import surfaces
+
+    vocab = Vocabulary.from_datasets([write_beir(tmp_path / "tiny")])
+    result = surfaces.run(vocab, tmp_path / "work", chunks=10, concurrency=2, duration=1, rounds=1)
+    for surface in surfaces.SURFACES:
+        (one,) = result["runs"][surface]
+        assert one["errors"] == 0 and one["throughput_rps"] > 0 and one["c1_p50_ms"] > 0 and one["cached"] == 0
+    assert result["summary"]["grpc_vs_http"]["c1_p50_ms"] > 0
+    assert [r[0] for r in surfaces.rows(result)] == ["http", "grpc", "gRPC / HTTP"]
+
+
 @pytest.mark.skipif(not HAS_PLOTS, reason="matplotlib (the bench extra) renders the report")
 def test_the_committed_results_render(tmp_path: Path) -> None:
     page = report.render(Path(report.RESULTS), tmp_path / "benchmarks.md", tmp_path / "plots")
-    for section in ("## The cluster engines beside the embedded stack", "## Telemetry overhead"):
+    for section in ("## The cluster engines beside the embedded stack", "## Telemetry overhead", "## gRPC vs HTTP"):
         assert section in page
 
 
@@ -156,7 +168,7 @@ def test_cli_lists_the_modes_and_names_a_bad_option() -> None:
     runner = CliRunner()
     listed = runner.invoke(app, ["bench", "--help"])
     assert listed.exit_code == 0
-    for mode in ("quality", "load", "scale", "ingest", "rerank", "engines", "telemetry", "report"):
+    for mode in ("quality", "load", "scale", "ingest", "rerank", "engines", "telemetry", "surfaces", "report"):
         assert mode in listed.output
     bad = runner.invoke(app, ["bench", "load", "--sizes", "10,x", "--no-peer"])
     assert bad.exit_code != 0 and "10,x" in bad.output
