@@ -345,3 +345,29 @@ def test_health_and_reflection_answer_for_the_service(stack: Stack) -> None:
         described = list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
             file_containing_symbol="quarry.retrieval.v1.Retrieval")]), timeout=5))
         assert described[0].file_descriptor_response.file_descriptor_proto
+
+
+def test_a_go_client_gets_the_answers_the_python_client_gets(stub: pb_grpc.RetrievalStub, stack: Stack,
+                                                             index_id: str) -> None:
+    """A client generated from the proto in Go (tests/grpc_clients/go) against the running stack."""
+    from tests import servers
+    from tests.grpc_clients.go_client import GoUnavailable, build_go_client, run_go_client
+
+    try:
+        binary = build_go_client()
+    except GoUnavailable as exc:
+        servers.unavailable(f"cannot build the Go client: {exc}")
+    cases = [V2_CASES[1][0], V2_CASES[9][0], PIPELINE_CASES[0][0], PIPELINE_CASES[3][0], V2_CASES[3][0]]
+    requests = [pb.RetrieveRequest(index_id=index_id, **fields) for fields in cases]
+    answers = run_go_client(binary, stack.grpc_address, API_KEY,
+                            [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in requests])
+    for request, answer in zip(requests, answers, strict=True):
+        assert "error" not in answer, answer
+        from_go = json_format.ParseDict(answer, pb.RetrieveResponse())
+        from_python = stub.Retrieve(request, metadata=AUTH, timeout=30)
+        if from_go.files:
+            assert _grpc_nodes(from_go) == _grpc_nodes(from_python)
+        else:
+            _same(_grpc_rows(from_go), _grpc_rows(from_python))
+    wrong = run_go_client(binary, stack.grpc_address, "qk-wrong", [json_format.MessageToDict(requests[0])])
+    assert wrong[0]["error"]["code"] == "UNAUTHENTICATED"
