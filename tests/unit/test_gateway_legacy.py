@@ -21,9 +21,9 @@ from gateway.pipelines import (
     pages_of,
     shown_file_id,
 )
+from gateway.requests import legacy_query, v2_query
 from gateway.retrieval import Plan, Result
 from gateway.routes.pipelines import pipeline_status
-from gateway.requests import legacy_query, v2_query
 from gateway.settings import GatewaySettings
 from gateway.usecases import plan_for
 from services._proto.quarry.files.v1 import files_pb2
