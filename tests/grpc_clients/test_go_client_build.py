@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 import pytest
@@ -55,12 +56,19 @@ class EchoRetrieval(retrieval_pb2_grpc.RetrievalServicer):
         return expected_response(request)
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Fail under CI, skip elsewhere (as ``tests.servers.unavailable`` does for the test servers)."""
+    if servers.in_ci():
+        pytest.fail(f"{reason} (CI=true: the Go toolchain must be installed)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def go_client() -> Path:
     try:
         return build_go_client()
     except GoUnavailable as exc:
-        servers.unavailable(f"cannot build the Go client: {exc}")
+        unavailable(f"cannot build the Go client: {exc}")
 
 
 @pytest.fixture

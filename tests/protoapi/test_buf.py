@@ -3,7 +3,7 @@ the public API against protos/baseline/retrieval-v1.binpb, and proof that the br
 bites: a copy of protos/ with a breaking edit to retrieval.proto must fail it, naming the field.
 
 buf is the npm build pinned in ``tests.protoapi.buf`` (installed on first use). Without it the
-tests skip with the reason; with ``CI=true`` they fail (``tests.servers.unavailable``).
+tests skip with the reason; with ``CI=true`` they fail (as ``tests.servers.unavailable`` does).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -25,12 +26,21 @@ PUBLIC_PROTO = Path("quarry") / "retrieval" / "v1" / "retrieval.proto"
 BUF_TIMEOUT_S = 120
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Fail under CI, skip elsewhere (as ``tests.servers.unavailable`` does for the test servers)."""
+    if servers.in_ci():
+        pytest.fail(
+            f"{reason} (CI=true: npm must be able to install @bufbuild/buf (tests/protoapi/buf.py))", pytrace=False
+        )
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def buf() -> Path:
     try:
         return buf_binary()
     except BufUnavailable as exc:
-        servers.unavailable(f"buf is not available: {exc}")
+        unavailable(f"buf is not available: {exc}")
 
 
 def run_buf(buf: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -102,6 +112,7 @@ def test_no_breaking_change(buf: Path) -> None:
         ("renumber", "  string query = 2;\n", "  string query = 16;\n", ('"2"', '"query"', '"RetrieveRequest"')),
         ("delete", "  bool cached = 5;\n", "", ('"5"', '"cached"', '"RetrieveResponse"')),
     ],
+    ids=["renumber", "delete"],
 )
 def test_breaking_change_is_caught(
     buf: Path, tmp_path: Path, edit: str, old: str, new: str, field: tuple[str, ...]
