@@ -38,7 +38,6 @@ from gateway.usecases import Answer, UseCases
 from services._proto.quarry.files.v1 import files_pb2
 from services._proto.quarry.retrieval.v1 import retrieval_pb2 as pb
 from services._proto.quarry.retrieval.v1 import retrieval_pb2_grpc as pb_grpc
-from services.common.domain import Chunk
 from services.common.grpc_server import SERVER_OPTIONS
 from services.common.telemetry import server_interceptors
 
@@ -200,14 +199,6 @@ def _struct(values: Mapping[str, Any]) -> struct_pb2.Struct:
     return out
 
 
-def _attachments(chunk: Chunk, pages: set[tuple[str, int]]) -> list[pb.Attachment]:
-    if chunk.page_start <= 0:
-        return []
-    return [pb.Attachment(attachment_name=attachment_name(p - 1), source_id=chunk.file_id, type=ATTACHMENT_TYPE)
-            for p in range(chunk.page_start, max(chunk.page_start, chunk.page_end) + 1)
-            if (chunk.file_id, p - 1) in pages]
-
-
 def retrieve_response(answer: Answer) -> pb.RetrieveResponse:
     out = pb.RetrieveResponse(latency=answer.latency, degraded=answer.degraded, cached=answer.cached,
                               retrieval_mode=_MODE_ENUM[answer.mode], routing_reason=answer.routing_reason or "")
@@ -221,7 +212,8 @@ def retrieve_response(answer: Answer) -> pb.RetrieveResponse:
                 parsed_directory_file_id=c.file_id, chunk_index=c.chunk_index, chunk_start_char=c.start_char,
                 chunk_end_char=c.end_char, chunk_token_count=c.token_count,
                 page_range_start=c.page_start or None, page_range_end=c.page_end or None,
-                attachments=_attachments(c, answer.pages),
+                attachments=[pb.Attachment(attachment_name=attachment_name(p), source_id=c.file_id,
+                                           type=ATTACHMENT_TYPE) for p in answer.attachment_pages(c)],
             ),
         ))
     for f in answer.files:

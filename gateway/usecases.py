@@ -107,6 +107,13 @@ class Answer:
     cached: bool = False
     routing_reason: str | None = None
 
+    def attachment_pages(self, chunk: Chunk) -> list[int]:
+        """The 0-based pages of ``chunk`` whose screenshot is stored (what both surfaces list)."""
+        if chunk.page_start <= 0:
+            return []
+        pages = range(chunk.page_start, max(chunk.page_start, chunk.page_end) + 1)
+        return [p - 1 for p in pages if (chunk.file_id, p - 1) in self.pages]
+
     def touched(self) -> list[tuple[Chunk, float]]:
         """The chunks the answer returns with their shown scores (a file's representative chunk)."""
         if self.files:

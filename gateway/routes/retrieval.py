@@ -16,14 +16,9 @@ from services.common.domain import Chunk
 router = APIRouter(prefix="/api/v1/retrieval", tags=["retrieval"])
 
 
-def _attachments(chunk: Chunk, pages: set[tuple[str, int]]) -> list[models.Attachment] | None:
-    if chunk.page_start <= 0:
-        return None
-    found = [
-        models.Attachment(attachment_name=attachment_name(p - 1), source_id=chunk.file_id, type=ATTACHMENT_TYPE)
-        for p in range(chunk.page_start, max(chunk.page_start, chunk.page_end) + 1)
-        if (chunk.file_id, p - 1) in pages
-    ]
+def _attachments(answer: Answer, chunk: Chunk) -> list[models.Attachment] | None:
+    found = [models.Attachment(attachment_name=attachment_name(p), source_id=chunk.file_id, type=ATTACHMENT_TYPE)
+             for p in answer.attachment_pages(chunk)]
     return found or None
 
 
@@ -46,7 +41,7 @@ def shape(answer: Answer) -> models.RetrieveResponse:
                     # 0 means "no pages" (non-PDF files)
                     page_range_start=c.page_start or None,
                     page_range_end=c.page_end or None,
-                    attachments=_attachments(c, answer.pages),
+                    attachments=_attachments(answer, c),
                 ),
                 dense_score=r.fused.dense_score,
                 sparse_score=r.fused.sparse_score,

@@ -303,19 +303,6 @@ def test_errors_map_to_their_codes_with_field_paths(stub: pb_grpc.RetrievalStub,
     assert _violations(_error(stub.GetIndex, pb.GetIndexRequest(), metadata=AUTH, timeout=10)) == ["index_id"]
 
 
-def test_a_damaged_keyword_index_is_a_failed_precondition_not_unavailable(stub: pb_grpc.RetrievalStub,
-                                                                          index_id: str) -> None:
-    """Only the sparse leg on a damaged index: nothing to degrade to, and retrying does not help."""
-    # (exercised through the mapping: a DATA_LOSS from a backend)
-    from gateway.grpc_api import _failure
-
-    data_loss = grpc.aio.AioRpcError(grpc.StatusCode.DATA_LOSS, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                     details="keyword index is damaged")
-    assert _failure(data_loss)[0] == grpc.StatusCode.FAILED_PRECONDITION
-    unavailable = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
-    assert _failure(unavailable)[0] == grpc.StatusCode.UNAVAILABLE
-
-
 def test_a_short_client_deadline_is_deadline_exceeded(stub: pb_grpc.RetrievalStub, stack: Stack,
                                                      index_id: str) -> None:
     """With dense stopped a retrieve would wait for its leg deadline; the caller's 0.4 s deadline is

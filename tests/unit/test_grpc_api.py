@@ -177,3 +177,11 @@ def test_field_paths_follow_the_http_loc() -> None:
     assert grpc_api.field_path(("body", "custom_filters", "year", 0, "value")) == "custom_filters.year[0].value"
     assert grpc_api.field_path(("body", "search_filters", "filters", 2)) == "filter_tree.filters[2]"
     assert grpc_api.field_path(("body", "full_text_pipeline_weight")) == "sparse_weight"
+
+
+def test_a_damaged_index_is_a_failed_precondition_and_a_down_backend_unavailable() -> None:
+    """DATA_LOSS (a damaged keyword index with no other leg): retrying does not help, rebuilding does."""
+    data_loss = rpc_error(grpc.StatusCode.DATA_LOSS)
+    assert grpc_api._failure(data_loss)[0] == grpc.StatusCode.FAILED_PRECONDITION
+    assert grpc_api._failure(rpc_error(grpc.StatusCode.UNAVAILABLE))[0] == grpc.StatusCode.UNAVAILABLE
+    assert grpc_api._failure(RuntimeError("boom"))[:2] == (grpc.StatusCode.INTERNAL, "internal error")
