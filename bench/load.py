@@ -14,7 +14,7 @@ import json
 import random
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -275,7 +275,7 @@ GROWN = "synthetic.json"
 def run_speed(vocab: Vocabulary, work_dir: Path, *, sizes: Sequence[int], concurrencies: Sequence[int],
               duration: float, matrix: bool = True, peer: bool = True, scale_duration: float | None = None,
               modes: Sequence[str] = RETRIEVE_MODES + FILE_MODES, raw_sample: int = 512,
-              reuse: bool = False) -> dict[str, Any]:
+              reuse: bool = False, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """One synthetic index grown through ``sizes`` chunks (ingest, then p50/p99 at concurrency 1
     and RSS per process at each size); at the largest size the load matrix, then (stack
     stopped) the in-process floor and the peer over the same index.
@@ -312,6 +312,7 @@ def run_speed(vocab: Vocabulary, work_dir: Path, *, sizes: Sequence[int], concur
                 print(f"  +{step['chunks']} chunks ({have} in all) synced in {step['sync_seconds']:.0f} s: "
                       f"{step['chunks_per_s']:.1f} chunks/s", flush=True)
                 if "ingest" not in result:  # the first (from-empty) sync is the ingest figure
+                    step["dense_disk_bytes"] = disk_bytes(work_dir / "dense")
                     result["ingest"] = step
                     result["raw_embedding"] = await asyncio.to_thread(raw_embedding, sample_chunks(corpus, raw_sample))
                     print(f"  raw embedding {result['raw_embedding']['chunks_per_s']:.1f} chunks/s", flush=True)
@@ -336,12 +337,33 @@ def run_speed(vocab: Vocabulary, work_dir: Path, *, sizes: Sequence[int], concur
                 result["quarry"] = await _load_matrix(client, work, modes, concurrencies, duration)
                 result["rss_mb"] = rss_mb(stack)
 
-    with running_stack(work_dir) as stack:
+    with running_stack(work_dir, env) as stack:
         asyncio.run(drive(stack.base_url, stack))
     if matrix:
         result["floor"] = asyncio.run(_floor(work_dir, result["index_id"], vocab, duration))
         if peer:
             result["peer"] = _peer(work_dir, result["index_id"], vocab, duration, concurrencies)
+    return result
+
+
+def disk_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (what a data directory costs on disk)."""
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+#: The dense service without stored token vectors (the rerank service computes them per query).
+NO_TOKEN_VECTORS = {"QUARRY_DENSE_TOKEN_VECTORS": "0"}
+
+
+def run_ingest(vocab: Vocabulary, work_dir: Path, chunks: int) -> dict[str, Any]:
+    """One sync of ``chunks`` from empty with the stored token vectors (the default), then the
+    same corpus into a fresh stack without them: chunks/s of each against the raw embedding
+    throughput, and the dense data directory's bytes per chunk."""
+    result = run_speed(vocab, work_dir / "token-vectors", sizes=[chunks], concurrencies=[1], duration=5,
+                       matrix=False, peer=False)
+    without = run_speed(vocab, work_dir / "no-token-vectors", sizes=[chunks], concurrencies=[1], duration=5,
+                        matrix=False, peer=False, env=NO_TOKEN_VECTORS)
+    result["without_token_vectors"] = {"ingest": without["ingest"], "raw_embedding": without["raw_embedding"]}
     return result
 
 

@@ -48,8 +48,8 @@ def read_chunks(dense_dir: Path, index_id: str, page: int = 2048) -> list[Stored
             for r in records:
                 p = r.payload or {}
                 vec = r.vector
-                if isinstance(vec, dict):  # unnamed vector under the default name
-                    vec = next(iter(vec.values()))
+                if isinstance(vec, dict):  # the unnamed vector is under "" (beside the token vectors)
+                    vec = vec[""] if "" in vec else next(iter(vec.values()))
                 out.append(StoredChunk(str(p.get("chunk_id") or r.id), str(p.get("file_name", "")),
                                        str(p.get("content", "")), list(vec)))
             if offset is None:

@@ -316,14 +316,20 @@ def speed_section(s: dict[str, Any]) -> list[str]:
                 _table(["chunks", "retrieve p50", "retrieve p99", "+rerank p50", "+rerank p99", "RSS MiB per process"],
                        rows), "", "![scale](bench/scale.png)", ""]
     if s.get("ingest"):
-        i, raw = s["ingest"], s["raw_embedding"]
+        runs = [("first sync" if "without_token_vectors" not in s else "with stored token vectors (default)",
+                 s["ingest"], s["raw_embedding"])]
+        if s.get("without_token_vectors"):
+            w = s["without_token_vectors"]
+            runs.append(("without them (QUARRY_DENSE_TOKEN_VECTORS=0)", w["ingest"], w["raw_embedding"]))
         out += ["### Ingest", "",
                 *([_meta_line(s["ingest_meta"]), ""] if "ingest_meta" in s else []),
                 _table(["sync (end to end)", "chunks", "files", "upload s", "sync s", "chunks/s",
-                        "raw embedding chunks/s", "sync / raw"],
-                       [["first sync", f"{i['chunks']:,}", f"{i['files']:,}", _f(i["upload_seconds"]),
+                        "raw embedding chunks/s", "sync / raw", "dense data KiB/chunk"],
+                       [[label, f"{i['chunks']:,}", f"{i['files']:,}", _f(i["upload_seconds"]),
                          _f(i["sync_seconds"]), _f(i["chunks_per_s"]), _f(raw["chunks_per_s"]),
-                         _f(i["chunks_per_s"] / raw["chunks_per_s"], 2)]]), ""]
+                         _f(i["chunks_per_s"] / raw["chunks_per_s"], 2),
+                         _f(i["dense_disk_bytes"] / i["chunks"] / 1024, 1) if i.get("dense_disk_bytes") else "-"]
+                        for label, i, raw in runs]), ""]
     return out
 
 
@@ -401,7 +407,7 @@ def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> s
     plots.mkdir(parents=True, exist_ok=True)
     quality, speed, notes = load("quality", results), load("speed", results) or {}, results / "NOTES.md"
     # `scale` and `ingest` runs of their own replace the figures a `load` run recorded on the way.
-    for name, keys in (("scale", ("scale",)), ("ingest", ("ingest", "raw_embedding"))):
+    for name, keys in (("scale", ("scale",)), ("ingest", ("ingest", "raw_embedding", "without_token_vectors"))):
         extra = load(name, results)
         if extra:
             speed.update({k: extra[k] for k in keys if k in extra})

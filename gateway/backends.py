@@ -9,6 +9,7 @@ the files-service messages, which ``gateway.shaping`` turns into HTTP models.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from services.common.channels import Channels
 from services.common.convert import filter_to_pb
 from services.common.domain import FilterNode, files_index_id
 from services.common.security import ServiceAuth
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,6 +105,21 @@ class Backends:
         start = time.perf_counter()
         response = await self.sparse.Search(request, timeout=timeout)
         return LegResult(response.hits, time.perf_counter() - start)
+
+    async def stored_scores(
+        self, index_id: str, query: str, chunk_ids: Sequence[str], timeout: float
+    ) -> list[float] | None:
+        """Late-interaction scores from the token vectors dense stored with the chunks; ``None``
+        when it holds none for some of them or does not answer (the caller asks the reranker)."""
+        try:
+            response = await self.dense.LateScores(
+                dense_pb2.LateScoresRequest(index_id=index_id, query=query, chunk_ids=list(chunk_ids)),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("stored late-interaction scores failed (%s); asking the reranker", exc.code().name)
+            return None
+        return list(response.scores) if response.stored else None
 
     async def rerank_scores(self, query: str, passages: Sequence[str], timeout: float) -> list[float]:
         response = await self.rerank.Score(

@@ -49,6 +49,9 @@ class Plan:
     dense_cutoff: float | None = None
     #: Weight of the reranker's score in the reranked window's order (see ``blend``).
     rerank_blend: float = 1.0
+    #: "stored": late interaction over the token vectors stored at ingest, the rerank service for
+    #: a window without them; "model": the rerank service always.
+    rerank_source: str = "model"
     #: The rerank call's deadline, capped by what is left of the request's budget.
     rerank_timeout: float | None = None
     #: Each leg's deadline, capped by what is left of the request's budget.
@@ -187,8 +190,13 @@ async def _retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
             timeout = budget.remaining()
             if plan.rerank_timeout is not None:
                 timeout = min(timeout, plan.rerank_timeout)
-            async with backends.stages.rerank.admit():
-                scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
+            scores = None
+            if plan.rerank_source == "stored":
+                scores = await backends.stored_scores(plan.index_id, plan.query, [f.chunk.id for f in window], timeout)
+            if scores is None:
+                # A model run per window: bounded by the rerank stage's admission.
+                async with backends.stages.rerank.admit():
+                    scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
             blended = blend(scores, [f.score for f in window], plan.rerank_blend)
             ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))
             results = [Result.of(f, s) for f, s in ranked[:n]]

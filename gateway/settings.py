@@ -30,6 +30,12 @@ class RetrievalDefaults(BaseModel):
     # lowering any by more than 1 %; 1.0 (the reranker alone) lowered three of four, 0.5 lowered
     # cacm by 4.4 % (docs/benchmarks.md, rerank study).
     rerank_blend: float = Field(default=0.2, ge=0, le=1)
+    # Where the reranker's scores come from. "stored": late interaction over the token vectors the
+    # dense service stored with each chunk at ingest (no model run at query time but the query's,
+    # which the dense leg has already done); a window with a chunk indexed without them (an index
+    # created before they existed) goes to the rerank service. "model": the rerank service scores
+    # every window (the choice for a cross-encoder or an HTTP reranker, QUARRY_RERANK_BACKEND).
+    rerank_source: Literal["stored", "model"] = "stored"
     # The rerank call's own deadline (within the request's): past it the answer degrades to the
     # fused order instead of holding the request for its whole budget.
     rerank_timeout_seconds: float = Field(default=2.0, gt=0)

@@ -73,6 +73,7 @@ def plan_for(q: RetrieveQuery, settings: GatewaySettings) -> Plan:
         rerank_top_n=q.rerank_top_n,
         rerank_depth=d.rerank_depth,
         rerank_blend=d.rerank_blend,
+        rerank_source=d.rerank_source,
         rerank_timeout=d.rerank_timeout_seconds,
         leg_timeout=d.leg_timeout_seconds,
         score_threshold=q.score_threshold,

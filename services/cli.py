@@ -702,8 +702,12 @@ def bench_ingest(
     work_dir: WorkDir = None,
     results: Results = None,
 ) -> None:
-    """End-to-end chunks/s of one sync against the raw embedding throughput (bench/results/ingest.json)."""
-    _speed("ingest", [chunks], "1", 5, None, False, False, work_dir, results)
+    """Chunks/s of one sync with and without stored token vectors against the raw embedding
+    throughput, and the dense data's bytes per chunk (bench/results/ingest.json)."""
+    from bench import corpus, load
+
+    vocab = corpus.Vocabulary.from_datasets(corpus.find_datasets(corpus.DEFAULT_DATASETS))
+    _bench("ingest", work_dir, results, lambda folder: load.run_ingest(vocab, folder, chunks))
 
 
 @bench_app.command("rerank")

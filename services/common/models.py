@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -133,9 +134,20 @@ class EncoderModel:
 
     def pooled(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Mean-pooled, L2-normalised sentence vectors (sentence-transformers' recipe)."""
+        return self.pooled_and_tokens(texts, with_tokens=False)[0]
+
+    def pooled_and_tokens(
+        self, texts: Sequence[str], *, with_tokens: bool = True
+    ) -> tuple[npt.NDArray[np.float32], list[TokenStates]]:
+        """Sentence vectors and, from the same model runs, each text's content-token states.
+
+        The token states are what late interaction needs (``TokenStates``); computing them here
+        costs no second transformer pass, only a copy of rows the run already produced.
+        """
         result = np.zeros((len(texts), self.dim), dtype=np.float32)
+        states: list[TokenStates] = [_NO_TOKENS] * len(texts) if with_tokens else []
         if not texts:
-            return result
+            return result, states
         for idx, encs in self._batches(texts):
             with self._lock:
                 hidden, mask = self._run(encs)
@@ -145,7 +157,10 @@ class EncoderModel:
             vectors = summed / counts
             vectors /= np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
             result[idx] = vectors
-        return result
+            if with_tokens:
+                for row, (i, enc) in enumerate(zip(idx, encs, strict=True)):
+                    states[i] = _content_states(hidden[row], enc)
+        return result, states
 
     def token_vectors(
         self, texts: Sequence[str], before_run: Callable[[], None] | None = None
@@ -161,11 +176,35 @@ class EncoderModel:
             with self._lock:
                 hidden, _ = self._run(encs)
             for row, (i, enc) in enumerate(zip(idx, encs, strict=True)):
-                keep = [t for t, special in enumerate(enc.special_tokens_mask) if not special]
-                vecs = hidden[row, keep]
-                vecs = vecs / np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
-                result[i] = vecs.astype(np.float32)
+                result[i] = _content_states(hidden[row], enc).unit()
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStates:
+    """One text's content tokens (special tokens dropped): the encoder's last hidden states (not
+    normalised: their norms are kept for pruning) and the tokenizer's token strings."""
+
+    hidden: npt.NDArray[np.float32]
+    tokens: tuple[str, ...]
+
+    def unit(self) -> npt.NDArray[np.float32]:
+        """The states as L2-normalised float32 rows."""
+        return unit_rows(self.hidden)
+
+
+_NO_TOKENS = TokenStates(np.zeros((0, 0), np.float32), ())
+
+
+def unit_rows(rows: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """``rows`` scaled to unit L2 norm (a zero row stays zero)."""
+    rows = np.asarray(rows, np.float32)
+    return rows / np.clip(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12, None)
+
+
+def _content_states(hidden: npt.NDArray[np.float32], enc: Encoding) -> TokenStates:
+    keep = [t for t, special in enumerate(enc.special_tokens_mask) if not special]
+    return TokenStates(np.array(hidden[keep], dtype=np.float32), tuple(enc.tokens[t] for t in keep))
 
 
 def load_encoder(

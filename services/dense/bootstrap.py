@@ -52,6 +52,7 @@ def build_index(settings: DenseSettings, embedder: Embedder) -> VectorIndex:
             config=collection_config(settings),
             search_ef=settings.search_ef,
             oversampling=settings.qdrant_oversampling,
+            token_vectors=settings.token_vectors > 0,
         )
     return QdrantEdgeVectorIndex(
         settings.data_dir,
@@ -62,6 +63,7 @@ def build_index(settings: DenseSettings, embedder: Embedder) -> VectorIndex:
         indexing_threshold_kb=settings.indexing_threshold_kb,
         search_ef=settings.search_ef,
         threads=settings.engine_threads,
+        token_vectors=settings.token_vectors > 0,
     )
 
 
@@ -79,6 +81,7 @@ def bootstrap(settings: DenseSettings, *, embedder: Embedder | None = None,
     if index is None:
         index = build_index(settings, embedder)
     service = DenseService(
-        embedder, index, upsert_batch_size=settings.upsert_batch_size, max_top_k=settings.max_top_k
+        embedder, index, upsert_batch_size=settings.upsert_batch_size, max_top_k=settings.max_top_k,
+        token_vectors=settings.token_vectors, query_cache=settings.query_token_cache,
     )
     return Bootstrapped(service=service, ready=service.ready, close=service.close)

@@ -7,7 +7,13 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from services.common.models import DEFAULT_BATCH_TOKENS, DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
+from services.common.models import (
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_TOKENS,
+    EncoderModel,
+    TokenStates,
+    load_encoder,
+)
 
 
 class OnnxEmbedder:
@@ -49,3 +55,9 @@ class OnnxEmbedder:
     def embed(self, texts: Sequence[str], *, is_query: bool = False) -> npt.NDArray[np.float32]:
         """One L2-normalised float32 row per text, in order (batched by the encoder; none for none)."""
         return self._encoder.pooled(texts)
+
+    def embed_with_tokens(
+        self, texts: Sequence[str], *, is_query: bool = False
+    ) -> tuple[npt.NDArray[np.float32], list[TokenStates]]:
+        """``embed`` and each text's content-token states, from the same model runs."""
+        return self._encoder.pooled_and_tokens(texts)

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.common.domain import Chunk, FilterNode, Hit
+from services.common.models import TokenStates
 
 
 class Embedder(Protocol):
@@ -24,12 +25,40 @@ class Embedder(Protocol):
         """One L2-normalised row per text, in order (batched internally)."""
         ...
 
+    def embed_with_tokens(
+        self, texts: Sequence[str], *, is_query: bool = False
+    ) -> tuple[npt.NDArray[np.float32], list[TokenStates]]:
+        """``embed`` and, from the same model runs, each text's content-token states (the
+        late-interaction vectors stored with a chunk and scored against a query's)."""
+        ...
+
 
 class VectorIndex(Protocol):
     """One logical collection per Quarry index; every method is safe to retry."""
 
-    async def upsert(self, index_id: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
-        """Write chunks with their vectors; an existing id is overwritten."""
+    async def upsert(
+        self,
+        index_id: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        tokens: Sequence[npt.NDArray[np.float16]] | None = None,
+    ) -> None:
+        """Write chunks with their vectors; an existing id is overwritten, token vectors included.
+
+        ``tokens``: each chunk's token vectors (unit rows) for late interaction, stored in the
+        same point, so they are deleted and rewritten with it. An index created before token
+        vectors existed (or while they were off) does not store them.
+        """
+        ...
+
+    async def late_scores(
+        self, index_id: str, query: npt.NDArray[np.float32], chunk_ids: Sequence[str]
+    ) -> list[float] | None:
+        """MaxSim (mean over ``query``'s unit rows) of each chunk's stored token vectors, in order.
+
+        ``None`` when any of the chunks has none stored (an index written without them, or a
+        chunk gone since it was retrieved): the caller scores the window another way.
+        """
         ...
 
     async def search(

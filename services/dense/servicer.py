@@ -70,6 +70,17 @@ class DenseSearchServicer(dense_pb2_grpc.DenseSearchServicer):
         return dense_pb2.CountResponse(count=n)
 
 
+    @mapped
+    async def LateScores(self, request: dense_pb2.LateScoresRequest,
+                         context: grpc.aio.ServicerContext) -> dense_pb2.LateScoresResponse:
+        """MaxSim scores of the named chunks from their stored token vectors."""
+        result = await self._service.late_scores(request.index_id, request.query, list(request.chunk_ids))
+        return dense_pb2.LateScoresResponse(
+            stored=result.scores is not None, scores=result.scores or [],
+            model=f"late-interaction:{self._service.embedder.model_name}", embed_seconds=result.embed_seconds,
+        )
+
+
 def register(servicer: DenseSearchServicer) -> Callable[[grpc.aio.Server], None]:
     """The ``register`` callback for ``start_server``/``serve``."""
 

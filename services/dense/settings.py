@@ -57,6 +57,12 @@ class DenseSettings(ServiceSettings):
         default=1024, ge=1, description="padded tokens per model call (sorted by length; a longer text runs alone)"
     )
     upsert_batch_size: int = Field(default=256, ge=1, description="chunks embedded then written at once")
+    token_vectors: int = Field(
+        default=32, ge=0, le=256,
+        description="late-interaction token vectors stored per chunk for the default reranker (0 = off; "
+                    "indexes created while off keep none)",
+    )
+    query_token_cache: int = Field(default=1024, ge=0, description="queries whose token vectors are kept")
     model_threads: int = Field(default=0, ge=0, description="onnxruntime intra-op threads (0 = auto)")
     hnsw_m: int = Field(default=16, ge=2)
     hnsw_ef_construct: int = Field(default=100, ge=4)

@@ -5,7 +5,7 @@ qdrant-client's local mode (in memory); and the server adapter over a real Qdran
 when QUARRY_TEST_QDRANT_URL is set (skipped otherwise), there with every collection setting
 turned on (int8 quantization with rescoring, vectors on disk, two shards, payload indexes with
 the tenant index), since local mode ignores them. Vectors are real embeddings from the
-packaged MiniLM.
+packaged MiniLM, and so are the late-interaction token vectors stored with them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from qdrant_client import AsyncQdrantClient
 
 from services.common.domain import Chunk, Condition, FilterNode, Op, chunk_id
 from services.common.errors import InvalidArgument
+from services.common.late_interaction import compress, maxsim, query_tokens
 from services.dense.adapters.qdrant_common import UnsupportedFilter
 from services.dense.adapters.qdrant_edge import QdrantEdgeVectorIndex
 from services.dense.adapters.qdrant_server import CollectionConfig, QdrantServerVectorIndex
@@ -62,20 +64,31 @@ def _vectors(embedder: OnnxEmbedder, chunks: list[Chunk]) -> npt.NDArray[np.floa
     return embedder.embed([c.content for c in chunks])
 
 
-async def _adapter(kind: str, edge_dir: Path) -> AsyncIterator[VectorIndex]:
+def _tokens(embedder: OnnxEmbedder, chunks: list[Chunk]) -> list[npt.NDArray[np.float16]]:
+    return [compress(s, TOKENS_PER_CHUNK) for s in embedder.embed_with_tokens([c.content for c in chunks])[1]]
+
+
+def _query_tokens(embedder: OnnxEmbedder, text: str) -> npt.NDArray[np.float32]:
+    return query_tokens(embedder.embed_with_tokens([text], is_query=True)[1][0])
+
+
+TOKENS_PER_CHUNK = 8  # below the DOCS' content-token counts, so pooling runs
+
+
+async def _adapter(kind: str, edge_dir: Path, *, token_vectors: bool = True) -> AsyncIterator[VectorIndex]:
     adapter: VectorIndex
     if kind == "edge":
-        adapter = QdrantEdgeVectorIndex(edge_dir, DIM, optimize_in_background=False)
+        adapter = QdrantEdgeVectorIndex(edge_dir, DIM, optimize_in_background=False, token_vectors=token_vectors)
     elif kind == "local":
         client = AsyncQdrantClient(location=":memory:")
-        adapter = QdrantServerVectorIndex(client, model_name="minilm", dim=DIM)
+        adapter = QdrantServerVectorIndex(client, model_name="minilm", dim=DIM, token_vectors=token_vectors)
     else:
         if not QDRANT_URL:
             pytest.skip("QUARRY_TEST_QDRANT_URL is not set: no Qdrant server for the server adapter")
         adapter = QdrantServerVectorIndex.connect(
             QDRANT_URL, api_key=os.environ.get("QUARRY_TEST_QDRANT_API_KEY"), timeout=10,
             model_name="minilm", dim=DIM, collection_prefix=f"test-{uuid.uuid4().hex[:8]}-",
-            config=SERVER_CONFIG, search_ef=64, oversampling=2.0,
+            config=SERVER_CONFIG, search_ef=64, oversampling=2.0, token_vectors=token_vectors,
         )
     try:
         yield adapter
@@ -211,6 +224,79 @@ async def test_drop_removes_everything(index: VectorIndex, embedder: OnnxEmbedde
     # The index can be written again after a drop.
     await index.upsert(INDEX, chunks[:1], _vectors(embedder, chunks[:1]))
     assert await index.count(INDEX) == 1
+
+
+async def test_token_vectors_live_and_die_with_their_chunk(index: VectorIndex, embedder: OnnxEmbedder) -> None:
+    chunks = _chunks()
+    tokens = _tokens(embedder, chunks)
+    await index.upsert(INDEX, chunks, _vectors(embedder, chunks), tokens)
+    query = _query_tokens(embedder, "felines that chase mice")
+    ids = [c.id for c in chunks]
+
+    # Written with the chunk, scored by the engine as MaxSim computed here (float16 storage).
+    scores = await index.late_scores(INDEX, query, ids)
+    assert scores is not None
+    np.testing.assert_allclose(scores, [maxsim(query, t) for t in tokens], atol=2e-3)
+    assert max(range(len(ids)), key=lambda i: scores[i]) == 0  # the cats chunk
+    assert await index.late_scores(INDEX, query, list(reversed(ids))) == pytest.approx(list(reversed(scores)))
+    assert await index.late_scores(INDEX, query, []) == []
+    # A chunk it does not hold (another index's, or one never written): not scorable here.
+    assert await index.late_scores(INDEX, query, [*ids, "missing"]) is None
+    assert await index.late_scores("other", query, ids) is None
+
+    # Rewritten with the chunk: new content, new token vectors.
+    changed = [replace(chunks[0], content=DOCS["bread"])]
+    new_tokens = _tokens(embedder, changed)
+    await index.upsert(INDEX, changed, _vectors(embedder, changed), new_tokens)
+    rescored = await index.late_scores(INDEX, query, [ids[0]])
+    assert rescored == pytest.approx([maxsim(query, new_tokens[0])], abs=2e-3)
+    assert rescored[0] < scores[0] - 0.05
+
+    # Deleted with the chunk's file, then with the index.
+    await index.delete_file(INDEX, "file-cats")
+    assert await index.late_scores(INDEX, query, [ids[0]]) is None
+    assert await index.late_scores(INDEX, query, ids[1:]) == pytest.approx(scores[1:], abs=1e-6)
+    await index.drop(INDEX)
+    assert await index.late_scores(INDEX, query, ids[1:]) is None
+
+
+async def test_chunks_written_without_token_vectors_are_not_scorable(
+    index: VectorIndex, embedder: OnnxEmbedder
+) -> None:
+    chunks = _chunks()
+    await index.upsert(INDEX, chunks, _vectors(embedder, chunks))
+    assert len(await index.search(INDEX, _vectors(embedder, chunks[:1])[0], 4, None)) == 4
+    assert await index.late_scores(INDEX, _query_tokens(embedder, "cats"), [c.id for c in chunks]) is None
+
+
+@pytest.mark.parametrize("kind", ["edge", "local"])
+async def test_an_index_without_token_vectors_ignores_them(kind: str, tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    async for index in _adapter(kind, tmp_path / "dense", token_vectors=False):
+        chunks = _chunks()
+        await index.upsert(INDEX, chunks, _vectors(embedder, chunks), _tokens(embedder, chunks))
+        hits = await index.search(INDEX, _vectors(embedder, chunks[:1])[0], 1, None)
+        assert hits[0].chunk.id == chunks[0].id
+        assert await index.late_scores(INDEX, _query_tokens(embedder, "cats"), [chunks[0].id]) is None
+
+
+async def test_edge_shard_from_before_token_vectors_keeps_its_layout(tmp_path: Path, embedder: OnnxEmbedder) -> None:
+    chunks = _chunks()
+    old = QdrantEdgeVectorIndex(tmp_path, DIM, optimize_in_background=False, token_vectors=False)
+    await old.upsert(INDEX, chunks[:2], _vectors(embedder, chunks[:2]))
+    await old.close()
+    # Reopened by a service that stores token vectors: the old shard keeps one unnamed vector,
+    # takes further writes and searches, and is scored another way; a new index gets them.
+    new = QdrantEdgeVectorIndex(tmp_path, DIM, optimize_in_background=False, token_vectors=True)
+    try:
+        await new.upsert(INDEX, chunks[2:], _vectors(embedder, chunks[2:]), _tokens(embedder, chunks[2:]))
+        assert await new.count(INDEX) == 4
+        hits = await new.search(INDEX, _vectors(embedder, chunks[3:])[0], 1, None)
+        assert hits[0].chunk.id == chunks[3].id
+        assert await new.late_scores(INDEX, _query_tokens(embedder, "tides"), [chunks[3].id]) is None
+        await new.upsert("fresh", chunks, _vectors(embedder, chunks), _tokens(embedder, chunks))
+        assert await new.late_scores("fresh", _query_tokens(embedder, "tides"), [chunks[3].id]) is not None
+    finally:
+        await new.close()
 
 
 async def test_rejects_wrong_dimensions(index: VectorIndex, embedder: OnnxEmbedder) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -252,6 +253,20 @@ def test_resync_after_a_change_serves_new_content_not_a_stale_cache(client: Llam
     assert (after.model_extra or {}).get("cached") is False
     assert "copper" in after.results[0].content
     assert before.results[0].content != after.results[0].content
+
+
+def test_the_default_reranker_runs_no_model_per_passage(client: LlamaCloud, index: Any, stack: Stack) -> None:
+    """Rerank on (the default) scores the token vectors dense stored with each chunk: with the
+    rerank service frozen the answer is still reranked, not degraded, and the chunk the test
+    above re-synced ranks first from the vectors rewritten with it."""
+    stack.signal("rerank", signal.SIGSTOP)
+    try:
+        out = client.retrieval.retrieve(index_id=index.id, query="what metal is the kettle made from", top_k=3)
+    finally:
+        stack.signal("rerank", signal.SIGCONT)
+    assert not (out.model_extra or {}).get("degraded"), out.model_extra
+    assert all(r.rerank_score is not None for r in out.results)
+    assert "copper" in out.results[0].content
 
 
 def test_every_process_survives_the_suite(stack: Stack) -> None:

@@ -92,3 +92,51 @@ async def test_errors_map_to_status_codes(stub: dense_pb2_grpc.DenseSearchStub) 
     # An index that was never written answers with no hits, not an error.
     empty = await stub.Search(dense_pb2.SearchRequest(index_id="never", query="q", top_k=3), timeout=5)
     assert list(empty.hits) == []
+
+
+async def test_late_scores_come_from_the_token_vectors_stored_at_upsert(
+    stub: dense_pb2_grpc.DenseSearchStub,
+) -> None:
+    from services.common.late_interaction import compress, maxsim, query_tokens
+    from services.dense.embedding import OnnxEmbedder
+
+    chunks = _chunks("idx")
+    await stub.Upsert(dense_pb2.UpsertRequest(index_id="idx", chunks=chunks), timeout=30)
+    query = "how do glaciers shape valleys"
+    await stub.Search(dense_pb2.SearchRequest(index_id="idx", query=query, top_k=3), timeout=10)
+    ids = [c.id for c in chunks]
+    got = await stub.LateScores(dense_pb2.LateScoresRequest(index_id="idx", query=query, chunk_ids=ids), timeout=10)
+    assert got.stored and got.model == "late-interaction:all-MiniLM-L6-v2-onnx-int8"
+
+    # The same scores as computing the token vectors at query time, within float16 storage error.
+    embedder = OnnxEmbedder.load()
+    _, states = embedder.embed_with_tokens([c.content for c in chunks])
+    q = query_tokens(embedder.embed_with_tokens([query], is_query=True)[1][0])
+    expected = [maxsim(q, compress(s, DenseSettings().token_vectors)) for s in states]
+    assert list(got.scores) == pytest.approx(expected, abs=2e-3)
+    assert got.scores[0] > got.scores[2] and got.scores[1] > got.scores[2]  # glaciers over espresso
+
+    # A query the service has not embedded yet is embedded for the call.
+    fresh = await stub.LateScores(dense_pb2.LateScoresRequest(index_id="idx", query="coffee", chunk_ids=ids),
+                                  timeout=10)
+    assert fresh.stored and max(range(3), key=lambda i: fresh.scores[i]) == 2
+    missing = await stub.LateScores(
+        dense_pb2.LateScoresRequest(index_id="idx", query=query, chunk_ids=[*ids, "nope"]), timeout=10)
+    assert not missing.stored and list(missing.scores) == []
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.LateScores(dense_pb2.LateScoresRequest(query=query, chunk_ids=ids), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_without_token_vectors_nothing_is_stored_to_score(tmp_path: Path) -> None:
+    settings = DenseSettings(port=0, data_dir=str(tmp_path / "dense"), token_vectors=0)
+    app = bootstrap(settings)
+    async with serving(settings, register(DenseSearchServicer(app.service)), SERVICE_NAME, app.ready,
+                       app.close) as ch:
+        stub = dense_pb2_grpc.DenseSearchStub(ch)
+        chunks = _chunks("idx")
+        await stub.Upsert(dense_pb2.UpsertRequest(index_id="idx", chunks=chunks), timeout=30)
+        got = await stub.LateScores(
+            dense_pb2.LateScoresRequest(index_id="idx", query="glaciers", chunk_ids=[c.id for c in chunks]),
+            timeout=10)
+        assert not got.stored

@@ -29,9 +29,11 @@ class FakeBackends(Backends):
     """Backends whose legs and reranker answer from fixed data or fail with a given status."""
 
     def __init__(self, dense: list[common_pb2.Hit] | grpc.StatusCode, sparse: list[common_pb2.Hit] | grpc.StatusCode,
-                 rerank: dict[str, float] | grpc.StatusCode | None = None) -> None:
+                 rerank: dict[str, float] | grpc.StatusCode | None = None,
+                 stored: dict[str, float] | None = None) -> None:
         self._answers = {"dense": dense, "sparse": sparse}
         self._rerank = rerank
+        self._stored = stored
         self.calls: list[str] = []
         self.stages = Stages()
 
@@ -49,6 +51,13 @@ class FakeBackends(Backends):
     async def sparse_search(self, index_id: str, query: str, top_k: int, flt: FilterNode | None,
                             timeout: float) -> LegResult:
         return await self._leg("sparse")
+
+    async def stored_scores(self, index_id: str, query: str, chunk_ids: Sequence[str],
+                            timeout: float) -> list[float] | None:
+        self.calls.append("stored")
+        if self._stored is None or any(c not in self._stored for c in chunk_ids):
+            return None
+        return [self._stored[c] for c in chunk_ids]
 
     async def rerank_scores(self, query: str, passages: Sequence[str], timeout: float) -> list[float]:
         self.calls.append("rerank")
@@ -173,3 +182,30 @@ async def test_a_full_retrieve_stage_refuses_at_once() -> None:
         with pytest.raises(Shed):
             await retrieve(backends, plan(), Budget(5))
     assert backends.calls == []
+
+
+async def test_stored_token_vectors_rerank_without_the_rerank_service() -> None:
+    backends = FakeBackends(DENSE, SPARSE, rerank={"a": 0.9, "b": 0.1, "c": 0.1, "d": 0.1},
+                            stored={"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3})
+    backends.stages = Stages(rerank=Stage("rerank", concurrency=1, queue=0))
+    async with backends.stages.rerank.admit():  # a saturated model stage does not concern it
+        out = await retrieve(backends, plan(rerank=True, rerank_top_n=2, rerank_source="stored"), Budget(5))
+    assert "rerank" not in backends.calls
+    assert [(r.fused.chunk.id, r.rerank_score) for r in out.results] == [("b", 0.9), ("c", 0.5)]
+    assert out.degraded == []
+
+
+async def test_a_window_without_stored_vectors_goes_to_the_rerank_service() -> None:
+    backends = FakeBackends(DENSE, SPARSE, rerank={"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3},
+                            stored={"a": 0.9})  # b, c and d were indexed without token vectors
+    out = await retrieve(backends, plan(rerank=True, rerank_top_n=2, rerank_source="stored"), Budget(5))
+    assert backends.calls[-2:] == ["stored", "rerank"]
+    assert [(r.fused.chunk.id, r.rerank_score) for r in out.results] == [("b", 0.9), ("c", 0.5)]
+
+
+async def test_the_model_source_never_asks_for_stored_vectors() -> None:
+    backends = FakeBackends(DENSE, SPARSE, rerank={"a": 0.1, "b": 0.9, "c": 0.5, "d": 0.3},
+                            stored={"a": 0.9, "b": 0.1, "c": 0.1, "d": 0.1})
+    out = await retrieve(backends, plan(rerank=True, rerank_top_n=1, rerank_source="model"), Budget(5))
+    assert "stored" not in backends.calls
+    assert out.results[0].fused.chunk.id == "b"

@@ -7,12 +7,8 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from services.rerank.adapters.late_interaction import (
-    LateInteractionReranker,
-    TokenVectorCache,
-    maxsim,
-    text_key,
-)
+from services.common.late_interaction import maxsim
+from services.rerank.adapters.late_interaction import LateInteractionReranker, TokenVectorCache, text_key
 
 QUERY = "how do cats hunt mice"
 RELEVANT = "A cat stalks a mouse silently and pounces to catch its prey."

@@ -2,8 +2,14 @@
 
 Layout under ``data_dir``::
 
-    <dir>/quarry.json   {"index_id": ..., "dim": ...}
+    <dir>/quarry.json   {"index_id": ..., "dim": ..., "tokens": true}
     <dir>/shard/        the EdgeShard (HNSW over cosine, WAL, payload indexes)
+
+A point holds the chunk's sentence vector (the default, unnamed vector: HNSW over cosine) and,
+in a shard created with ``"tokens": true``, its late-interaction token vectors (``tokens``: a
+float16 multivector compared by MaxSim, memory-mapped from disk and never graph-indexed, since
+it is only ever scored for the few chunks a query names). Shards created before token vectors
+existed keep their one unnamed vector; ``late_scores`` answers ``None`` for them.
 
 ``<dir>`` is the index id when it is a safe file name, else a hash of it; ``quarry.json``
 maps it back, so every existing shard is reopened when the adapter starts. The engine is
@@ -46,6 +52,8 @@ log = logging.getLogger(__name__)
 
 _SAFE_DIR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 _MARKER = "quarry.json"
+#: The named multivector holding a chunk's late-interaction token vectors.
+TOKENS = "tokens"
 T = TypeVar("T")
 
 
@@ -115,6 +123,7 @@ class _Shard:
     shard: qe.EdgeShard
     indexed: set[str]
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    tokens: bool = False
     dirty: bool = False
     optimizing: asyncio.Task[None] | None = None
 
@@ -134,9 +143,11 @@ class QdrantEdgeVectorIndex:
         search_ef: int | None = None,
         threads: int = 4,
         optimize_in_background: bool = True,
+        token_vectors: bool = True,
     ) -> None:
         self._dir = Path(data_dir)
         self._dim = dim
+        self._tokens = token_vectors
         self._hnsw = (hnsw_m, hnsw_ef_construct, full_scan_threshold_kb)
         self._indexing_threshold = indexing_threshold_kb
         self._search_params = qe.SearchParams(hnsw_ef=search_ef) if search_ef else None
@@ -158,7 +169,8 @@ class QdrantEdgeVectorIndex:
             except Exception:
                 log.exception("could not reopen shard at %s", marker.parent)
                 continue
-            self._shards[index_id] = _Shard(index_id, marker.parent, shard, set(shard.info().payload_schema))
+            self._shards[index_id] = _Shard(index_id, marker.parent, shard, set(shard.info().payload_schema),
+                                            tokens=bool(meta.get("tokens")))
         log.info("reopened %d dense shards from %s", len(self._shards), self._dir)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -171,8 +183,19 @@ class QdrantEdgeVectorIndex:
 
     def _config(self) -> qe.EdgeConfig:
         m, ef, threshold = self._hnsw
+        dense = qe.EdgeVectorParams(size=self._dim, distance=qe.Distance.Cosine)
+        vectors: qe.EdgeVectorParams | dict[str, qe.EdgeVectorParams] = dense
+        if self._tokens:
+            vectors = {"": dense, TOKENS: qe.EdgeVectorParams(
+                # Unit rows, so the dot product is the cosine; m=0: no graph for a vector that is
+                # only scored for named points.
+                size=self._dim, distance=qe.Distance.Dot, on_disk=True,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                datatype=qe.VectorStorageDatatype.Float16,
+                hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=ef, full_scan_threshold=threshold),
+            )}
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=self._dim, distance=qe.Distance.Cosine),
+            vectors=vectors,
             hnsw_config=qe.HnswIndexConfig(m=m, ef_construct=ef, full_scan_threshold=threshold),
             optimizers=(qe.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold)
                         if self._indexing_threshold is not None else None),
@@ -184,9 +207,9 @@ class QdrantEdgeVectorIndex:
         shard = qe.EdgeShard.create(str(path / "shard"), self._config())
         shard.update(qe.UpdateOperation.create_field_index(FILE_ID, qe.PayloadSchemaType.Keyword))
         tmp = path / (_MARKER + ".tmp")
-        tmp.write_text(json.dumps({"index_id": index_id, "dim": self._dim}))
+        tmp.write_text(json.dumps({"index_id": index_id, "dim": self._dim, "tokens": self._tokens}))
         tmp.replace(path / _MARKER)
-        return _Shard(index_id, path, shard, {FILE_ID})
+        return _Shard(index_id, path, shard, {FILE_ID}, tokens=self._tokens)
 
     async def _get(self, index_id: str, *, create: bool) -> _Shard | None:
         if not index_id:
@@ -222,9 +245,16 @@ class QdrantEdgeVectorIndex:
 
     # -- writes ----------------------------------------------------------------------------
 
-    async def upsert(self, index_id: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
-        """Write chunks with their vectors; an existing id is overwritten."""
-        if len(chunks) != len(vectors):
+    async def upsert(
+        self,
+        index_id: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        tokens: Sequence[npt.NDArray[np.float16]] | None = None,
+    ) -> None:
+        """Write chunks with their vectors (and token vectors, where the shard keeps them); an
+        existing id is overwritten."""
+        if len(chunks) != len(vectors) or (tokens is not None and len(tokens) != len(chunks)):
             raise InvalidArgument("one vector per chunk is required")
         if not chunks:
             return
@@ -233,14 +263,18 @@ class QdrantEdgeVectorIndex:
         handle = await self._get(index_id, create=True)
         assert handle is not None
         async with handle.lock:
-            await self._run(self._write, handle, chunks, vectors)
+            await self._run(self._write, handle, chunks, vectors, tokens)
             handle.dirty = True
         self._schedule_optimize(handle)
 
     @staticmethod
-    def _write(handle: _Shard, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
+    def _write(handle: _Shard, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32],
+               tokens: Sequence[npt.NDArray[np.float16]] | None) -> None:
         # Worker thread: building the points and payloads is CPU work kept off the event loop.
-        rows = np.asarray(vectors, dtype=np.float32).tolist()
+        rows: list[Any] = np.asarray(vectors, dtype=np.float32).tolist()
+        if handle.tokens and tokens is not None:
+            rows = [{"": row, TOKENS: m.astype(np.float32).tolist()} if len(m) else {"": row}
+                    for row, m in zip(rows, tokens, strict=True)]
         points = [qe.Point(point_id(c.id), row, chunk_payload(c)) for c, row in zip(chunks, rows, strict=True)]
         handle.shard.update(qe.UpdateOperation.upsert_points(points))
         for c in chunks:
@@ -339,6 +373,29 @@ class QdrantEdgeVectorIndex:
     def _query(shard: qe.EdgeShard, request: qe.QueryRequest, index_id: str) -> list[Hit]:
         # Worker thread, conversion included: rebuilding up to max_top_k chunks is not loop work.
         return [Hit(chunk_from_payload(index_id, p.id, p.payload), float(p.score)) for p in shard.query(request)]
+
+    async def late_scores(
+        self, index_id: str, query: npt.NDArray[np.float32], chunk_ids: Sequence[str]
+    ) -> list[float] | None:
+        """MaxSim of each named chunk's stored token vectors, scored by the engine; ``None`` when
+        the shard keeps none or a chunk has none (see ``VectorIndex.late_scores``)."""
+        if not chunk_ids:
+            return []
+        handle = await self._get(index_id, create=False)
+        if handle is None or not handle.tokens or query.shape[0] == 0:
+            return None
+        ids = [point_id(c) for c in chunk_ids]
+        request = qe.QueryRequest(
+            limit=len(set(ids)),
+            query=qe.Query.Nearest(np.asarray(query, np.float32).tolist(), using=TOKENS),
+            filter=qe.Filter(must=[qe.HasIdCondition(set(ids))]),
+            with_payload=False,
+        )
+        found = {str(p.id): float(p.score) for p in await self._run(handle.shard.query, request)}
+        if len(found) < len(set(ids)):
+            return None
+        n = query.shape[0]  # the engine sums the per-query-token maxima; the mean is the score
+        return [found[i] / n for i in ids]
 
     async def count(self, index_id: str, file_id: str | None = None) -> int:
         """Number of chunks in the index, or of one file in it."""

@@ -14,6 +14,12 @@ Payload layout and filter translation are shared with the embedded adapter
 ``text_match`` (case-sensitive) is rejected as unsupported; ``text_match_insensitive`` uses
 Qdrant's unindexed word-token match.
 
+Vectors of a point: ``dense`` (the chunk's sentence vector, cosine, HNSW per tenant) and
+``tokens`` (its late-interaction token vectors: a float16 multivector compared by MaxSim, on
+disk, never graph-indexed: it is only scored for the chunks a query names). A collection
+created before token vectors existed has one unnamed vector and keeps it: the adapter reads the
+layout of an existing collection and answers ``late_scores`` with ``None`` there.
+
 Collection settings (``CollectionConfig``, applied when the collection is created; an existing
 collection keeps its own): HNSW ``m``/``ef_construct`` (as ``payload_m``, see above), vectors on
 disk, scalar int8 quantization (quantile, quantized vectors always in RAM), shard number,
@@ -125,7 +131,11 @@ class CollectionConfig:
     write_consistency_factor: int | None = None
 
 
-def collection_params(config: CollectionConfig, dim: int) -> dict[str, Any]:
+#: Vector names of a collection with token vectors (an older one has one unnamed vector).
+DENSE, TOKENS = "dense", "tokens"
+
+
+def collection_params(config: CollectionConfig, dim: int, *, token_vectors: bool = False) -> dict[str, Any]:
     """The keyword arguments of ``create_collection`` for ``config`` (pure)."""
     quantization = (
         models.ScalarQuantization(
@@ -136,8 +146,22 @@ def collection_params(config: CollectionConfig, dim: int) -> dict[str, Any]:
         if config.quantization == "int8"
         else None
     )
+    dense = models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=config.on_disk)
+    vectors: models.VectorParams | dict[str, models.VectorParams] = dense
+    if token_vectors:
+        # The quantization is the sentence vector's alone; the token vectors stay float16 on disk.
+        vectors = {
+            DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=config.on_disk,
+                                       quantization_config=quantization),
+            TOKENS: models.VectorParams(
+                size=dim, distance=models.Distance.DOT, on_disk=True, datatype=models.Datatype.FLOAT16,
+                multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+                hnsw_config=models.HnswConfigDiff(m=0),
+            ),
+        }
+        quantization = None
     return {
-        "vectors_config": models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=config.on_disk),
+        "vectors_config": vectors,
         # No global graph: every query is filtered to one tenant, which gets its own (payload_m).
         "hnsw_config": models.HnswConfigDiff(m=0, payload_m=config.hnsw_m, ef_construct=config.hnsw_ef_construct),
         "quantization_config": quantization,
@@ -184,6 +208,7 @@ class QdrantServerVectorIndex:
         search_ef: int | None = None,
         oversampling: float | None = None,
         payload_indexes: bool | None = None,
+        token_vectors: bool = False,
     ) -> None:
         self._client = client
         self._dim = dim
@@ -197,6 +222,9 @@ class QdrantServerVectorIndex:
         self._payload_indexes = not self._local if payload_indexes is None else payload_indexes
         self._search_params = None if self._local else search_params(self._config, search_ef, oversampling)
         self._exists = False
+        self._token_vectors = token_vectors
+        #: Whether the collection has the named dense + tokens layout (None: not read yet).
+        self._named: bool | None = None
         self._indexed: set[str] = set()
         self._lock = asyncio.Lock()
 
@@ -261,22 +289,35 @@ class QdrantServerVectorIndex:
             return
         async with self._lock:
             if await self._collection_exists():
-                info = await self._call(self._client.get_collection(self._collection))
-                self._indexed.update(info.payload_schema or {})
+                await self._read_layout()
                 return
             try:
                 await self._call(self._client.create_collection(
-                    self._collection, **collection_params(self._config, self._dim), timeout=self._t,
+                    self._collection, **collection_params(self._config, self._dim, token_vectors=self._token_vectors),
+                    timeout=self._t,
                 ))
             except (ValueError, UnexpectedResponse, grpc.aio.AioRpcError):
                 # "Already exists": another replica won the race to create it.
                 if not await self._call(self._client.collection_exists(self._collection)):
                     raise
             self._exists = True
+            await self._read_layout()  # another replica may have created it with another layout
             if self._payload_indexes:
                 await self._create_index(INDEX_ID, models.KeywordIndexParams(
                     type=models.KeywordIndexType.KEYWORD, is_tenant=True))
                 await self._create_index(FILE_ID, models.PayloadSchemaType.KEYWORD)
+
+    async def _read_layout(self) -> None:
+        info = await self._call(self._client.get_collection(self._collection))
+        self._indexed.update(info.payload_schema or {})
+        vectors = info.config.params.vectors
+        self._named = isinstance(vectors, dict) and TOKENS in vectors
+
+    async def _layout(self) -> bool | None:
+        """Whether the existing collection has token vectors; None when there is no collection."""
+        if self._named is None and await self._collection_exists():
+            await self._read_layout()
+        return self._named
 
     async def _create_index(self, path: str, schema: Any) -> None:
         try:
@@ -297,11 +338,18 @@ class QdrantServerVectorIndex:
     async def close(self) -> None:
         await self._client.close()
 
-    async def upsert(self, index_id: str, chunks: Sequence[Chunk], vectors: npt.NDArray[np.float32]) -> None:
-        """Write chunks with their vectors; an existing id is overwritten."""
+    async def upsert(
+        self,
+        index_id: str,
+        chunks: Sequence[Chunk],
+        vectors: npt.NDArray[np.float32],
+        tokens: Sequence[npt.NDArray[np.float16]] | None = None,
+    ) -> None:
+        """Write chunks with their vectors (and token vectors, where the collection keeps them);
+        an existing id is overwritten."""
         if not index_id:
             raise InvalidArgument("index_id is required")
-        if len(chunks) != len(vectors):
+        if len(chunks) != len(vectors) or (tokens is not None and len(tokens) != len(chunks)):
             raise InvalidArgument("one vector per chunk is required")
         if not chunks:
             return
@@ -313,14 +361,19 @@ class QdrantServerVectorIndex:
                 for path, kind in index_kinds(c.metadata):
                     if kind != "text" and path not in self._indexed:
                         await self._create_index(path, _schema(kind))
+        rows: list[Any] = np.asarray(vectors, dtype=np.float32).tolist()
+        if self._named:
+            mats = tokens if tokens is not None else [None] * len(rows)
+            rows = [{DENSE: row, **({TOKENS: m.astype(np.float32).tolist()} if m is not None and len(m) else {})}
+                    for row, m in zip(rows, mats, strict=True)]
         points = [
             models.PointStruct(
                 # The point id is scoped by the index: the same chunk id may exist in two indexes.
-                id=point_id(f"{index_id}\x00{c.id}"),
+                id=self._point(index_id, c.id),
                 vector=row,
                 payload={INDEX_ID: index_id, **chunk_payload(c)},
             )
-            for c, row in zip(chunks, np.asarray(vectors, dtype=np.float32).tolist(), strict=True)
+            for c, row in zip(chunks, rows, strict=True)
         ]
         await self._call(self._client.upsert(self._collection, points=points, wait=True, timeout=self._t))
 
@@ -329,16 +382,41 @@ class QdrantServerVectorIndex:
     ) -> list[Hit]:
         """Top-k by cosine similarity among the index's chunks matching the filter."""
         flt = self._scoped(index_id, *([server_filter(filter)] if filter is not None else []))
-        if top_k <= 0 or not await self._collection_exists():
+        if top_k <= 0 or (named := await self._layout()) is None:
             return []
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         if query.shape[0] != self._dim:
             raise InvalidArgument(f"query vector must have {self._dim} dimensions")
         response = await self._call(self._client.query_points(
-            self._collection, query=query.tolist(), query_filter=flt, search_params=self._search_params,
-            limit=top_k, with_payload=True, timeout=self._t,
+            self._collection, query=query.tolist(), using=DENSE if named else None, query_filter=flt,
+            search_params=self._search_params, limit=top_k, with_payload=True, timeout=self._t,
         ))
         return [Hit(chunk_from_payload(index_id, p.id, p.payload), float(p.score)) for p in response.points]
+
+    @staticmethod
+    def _point(index_id: str, chunk_id: str) -> str:
+        return point_id(f"{index_id}\x00{chunk_id}")
+
+    async def late_scores(
+        self, index_id: str, query: npt.NDArray[np.float32], chunk_ids: Sequence[str]
+    ) -> list[float] | None:
+        """MaxSim of each named chunk's stored token vectors, scored by the server; ``None`` when
+        the collection keeps none or a chunk has none (see ``VectorIndex.late_scores``)."""
+        if not chunk_ids:
+            return []
+        if not await self._layout() or query.shape[0] == 0:
+            return None
+        ids = [self._point(index_id, c) for c in chunk_ids]
+        flt = self._scoped(index_id, models.HasIdCondition(has_id=list(dict.fromkeys(ids))))
+        response = await self._call(self._client.query_points(
+            self._collection, query=np.asarray(query, np.float32).tolist(), using=TOKENS, query_filter=flt,
+            limit=len(set(ids)), with_payload=False, timeout=self._t,
+        ))
+        found = {str(p.id): float(p.score) for p in response.points}
+        if len(found) < len(set(ids)):
+            return None
+        n = query.shape[0]  # the engine sums the per-query-token maxima; the mean is the score
+        return [found[i] / n for i in ids]
 
     async def _delete(self, flt: models.Filter) -> int:
         if not await self._collection_exists():

@@ -1,9 +1,6 @@
-"""Late-interaction reranking (ColBERT-style MaxSim) over the packaged MiniLM's token vectors.
-
-score(q, p) = mean over query tokens of the max cosine to any passage token. The mean and the
-sum rank a query's passages identically (they differ by the constant query length); the mean is
-kept because it stays in [-1, 1] whatever the query length, so scores are comparable across
-queries (thresholds, fusion, logs).
+"""Late-interaction reranking (ColBERT-style MaxSim, ``services.common.late_interaction``) over
+token vectors the packaged MiniLM computes per request: the reranker of windows whose chunks
+were indexed without stored token vectors, and of deployments that turn those off.
 
 Passage token vectors are cached (LRU keyed by a hash of the text, float16 to halve memory), so
 candidates seen again in later requests cost only the matrix product.
@@ -25,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from services.common.late_interaction import maxsim
 from services.common.models import DEFAULT_MAX_TOKENS, EncoderModel, load_encoder
 from services.rerank.adapters._runner import LocalModelReranker, check_deadline
 
@@ -79,14 +77,6 @@ class TokenVectorCache:
             while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.nbytes
-
-
-def maxsim(query: npt.NDArray[np.floating], passage: npt.NDArray[np.floating]) -> float:
-    """Mean over query tokens of the max cosine to any passage token (rows are unit vectors)."""
-    if query.shape[0] == 0 or passage.shape[0] == 0:
-        return 0.0
-    sims = np.asarray(query, np.float32) @ np.asarray(passage, np.float32).T
-    return float(sims.max(axis=1).mean())
 
 
 class LateInteractionReranker(LocalModelReranker):

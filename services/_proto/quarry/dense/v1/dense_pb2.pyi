@@ -289,3 +289,63 @@ class CountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountResponse: _TypeAlias = CountResponse  # noqa: Y015
+
+@_typing.final
+class LateScoresRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_ID_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    CHUNK_IDS_FIELD_NUMBER: _builtins.int
+    index_id: _builtins.str
+    query: _builtins.str
+    @_builtins.property
+    def chunk_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        index_id: _builtins.str = ...,
+        query: _builtins.str = ...,
+        chunk_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_ids", b"chunk_ids", "index_id", b"index_id", "query", b"query"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LateScoresRequest: _TypeAlias = LateScoresRequest  # noqa: Y015
+
+@_typing.final
+class LateScoresResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    EMBED_SECONDS_FIELD_NUMBER: _builtins.int
+    stored: _builtins.bool
+    """False when the index does not hold stored token vectors for every chunk named (an index
+    written before they existed, or with them off); scores is empty then.
+    """
+    model: _builtins.str
+    embed_seconds: _builtins.float
+    @_builtins.property
+    def scores(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """One score per chunk id, in request order: the mean over query tokens of the best cosine."""
+
+    def __init__(
+        self,
+        *,
+        stored: _builtins.bool = ...,
+        scores: _abc.Iterable[_builtins.float] | None = ...,
+        model: _builtins.str = ...,
+        embed_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embed_seconds", b"embed_seconds", "model", b"model", "scores", b"scores", "stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LateScoresResponse: _TypeAlias = LateScoresResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class DenseSearchStub:
                 request_serializer=quarry_dot_dense_dot_v1_dot_dense__pb2.CountRequest.SerializeToString,
                 response_deserializer=quarry_dot_dense_dot_v1_dot_dense__pb2.CountResponse.FromString,
                 _registered_method=True)
+        self.LateScores = channel.unary_unary(
+                '/quarry.dense.v1.DenseSearch/LateScores',
+                request_serializer=quarry_dot_dense_dot_v1_dot_dense__pb2.LateScoresRequest.SerializeToString,
+                response_deserializer=quarry_dot_dense_dot_v1_dot_dense__pb2.LateScoresResponse.FromString,
+                _registered_method=True)
 
 
 class DenseSearchServicer:
@@ -113,6 +118,13 @@ class DenseSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LateScores(self, request, context):
+        """Late-interaction (MaxSim) scores of named chunks from the token vectors stored with them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DenseSearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_DenseSearchServicer_to_server(servicer, server):
                     servicer.Count,
                     request_deserializer=quarry_dot_dense_dot_v1_dot_dense__pb2.CountRequest.FromString,
                     response_serializer=quarry_dot_dense_dot_v1_dot_dense__pb2.CountResponse.SerializeToString,
+            ),
+            'LateScores': grpc.unary_unary_rpc_method_handler(
+                    servicer.LateScores,
+                    request_deserializer=quarry_dot_dense_dot_v1_dot_dense__pb2.LateScoresRequest.FromString,
+                    response_serializer=quarry_dot_dense_dot_v1_dot_dense__pb2.LateScoresResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class DenseSearch:
             '/quarry.dense.v1.DenseSearch/Count',
             quarry_dot_dense_dot_v1_dot_dense__pb2.CountRequest.SerializeToString,
             quarry_dot_dense_dot_v1_dot_dense__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LateScores(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.dense.v1.DenseSearch/LateScores',
+            quarry_dot_dense_dot_v1_dot_dense__pb2.LateScoresRequest.SerializeToString,
+            quarry_dot_dense_dot_v1_dot_dense__pb2.LateScoresResponse.FromString,
             options,
             channel_credentials,
             insecure,

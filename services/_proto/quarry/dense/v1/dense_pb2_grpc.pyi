@@ -45,6 +45,8 @@ class DenseSearchStub:
     """Remove a whole index."""
     Count: _grpc.UnaryUnaryMultiCallable[_dense_pb2.CountRequest, _dense_pb2.CountResponse]
     """Number of chunks in an index (optionally of one file)."""
+    LateScores: _grpc.UnaryUnaryMultiCallable[_dense_pb2.LateScoresRequest, _dense_pb2.LateScoresResponse]
+    """Late-interaction (MaxSim) scores of named chunks from the token vectors stored with them."""
 
 @_typing.type_check_only
 class DenseSearchAsyncStub(DenseSearchStub):
@@ -63,6 +65,8 @@ class DenseSearchAsyncStub(DenseSearchStub):
     """Remove a whole index."""
     Count: _aio.UnaryUnaryMultiCallable[_dense_pb2.CountRequest, _dense_pb2.CountResponse]  # type: ignore[assignment]
     """Number of chunks in an index (optionally of one file)."""
+    LateScores: _aio.UnaryUnaryMultiCallable[_dense_pb2.LateScoresRequest, _dense_pb2.LateScoresResponse]  # type: ignore[assignment]
+    """Late-interaction (MaxSim) scores of named chunks from the token vectors stored with them."""
 
 class DenseSearchServicer(metaclass=_abc_1.ABCMeta):
     """Embeds text with the service's model and searches the vector index."""
@@ -114,5 +118,13 @@ class DenseSearchServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_dense_pb2.CountResponse, _abc.Awaitable[_dense_pb2.CountResponse]]:
         """Number of chunks in an index (optionally of one file)."""
+
+    @_abc_1.abstractmethod
+    def LateScores(
+        self,
+        request: _dense_pb2.LateScoresRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dense_pb2.LateScoresResponse, _abc.Awaitable[_dense_pb2.LateScoresResponse]]:
+        """Late-interaction (MaxSim) scores of named chunks from the token vectors stored with them."""
 
 def add_DenseSearchServicer_to_server(servicer: DenseSearchServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
