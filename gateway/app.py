@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import errors, grpc_api, openapi
+from gateway import console, errors, grpc_api, openapi
 from gateway.admission import Admission, LocalRateLimiter, RateLimiter, RedisRateLimiter, Stage
 from gateway.admission import register as admission_errors
 from gateway.auth import Authenticator
@@ -146,6 +146,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     for router in (retrieval.router, catalog.router, pipelines.router, media.router, admin.router):
         app.include_router(router, responses=openapi.ERROR_RESPONSES)
     openapi.install(app)
+    console.mount(app)  # the browser console at /console (static; outside the OpenAPI document)
 
     app.add_middleware(RejectSurrogates)
     limiter = build_limiter(settings)
