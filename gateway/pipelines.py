@@ -302,3 +302,137 @@ def index_config(index: files_pb2.Index) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return config if isinstance(config, dict) else {}
+
+
+# ---- embedding_config and transform_config -------------------------------------------------
+
+#: The one embedding model Quarry serves (the packaged all-MiniLM-L6-v2, int8 ONNX, 384 dimensions),
+#: described with the llama-cloud variant that names a Hugging Face model: the managed-OpenAI variant
+#: only allows ``openai-text-embedding-3-small``, and strict response validation refuses a type of
+#: Quarry's own.
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_TYPE = "HUGGINGFACE_API_EMBEDDING"
+EMBEDDING_CONFIG: dict[str, Any] = {"type": EMBEDDING_TYPE, "component": {"model_name": EMBEDDING_MODEL,
+                                                                         "pooling": "mean"}}
+#: Spellings of that model accepted in a request (compared case-insensitively).
+EMBEDDING_MODEL_NAMES = frozenset({EMBEDDING_MODEL.casefold(), "all-minilm-l6-v2"})
+#: What older Quarry versions reported (a client may send back what it read).
+_OLD_EMBEDDING_TYPE = "QUARRY_EMBEDDING"
+_SERVES = (f"Quarry serves one embedding model, {EMBEDDING_MODEL} (384 dimensions): leave embedding_config "
+           f'out or send {{"type": "{EMBEDDING_TYPE}", "component": {{"model_name": "{EMBEDDING_MODEL}"}}}}')
+
+#: Chunk sizes in tokens of the embedding model's tokenizer (services/ingest/chunking.py): the model
+#: reads 256 tokens including [CLS] and [SEP]; the ingest worker's default is 200 (overlap 40).
+MIN_CHUNK_TOKENS = 8
+MAX_CHUNK_TOKENS = 254
+DEFAULT_CHUNK_TOKENS = 200
+#: transform_config chunking modes Quarry honours: both are token-counted here, and Quarry's chunker
+#: ends a chunk at the strongest boundary near the limit (paragraph > sentence > line > word).
+_TOKEN_MODES = ("token", "sentence")
+
+Loc = tuple[str | int, ...]
+
+
+class ConfigError(ValueError):
+    """A pipeline setting Quarry cannot honour: a 422 naming ``loc``."""
+
+    def __init__(self, loc: Loc, msg: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+def embedding_config(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The pipeline's embedding config: Quarry's model, whichever accepted way the request named it.
+
+    Accepted: nothing (null or ``{}``), the Hugging Face variant naming all-MiniLM-L6-v2 (or no
+    model), and the type older Quarry versions reported. Anything else names a model Quarry cannot
+    serve (``ConfigError``)."""
+    loc: Loc = ("body", "embedding_config")
+    if not raw:
+        return EMBEDDING_CONFIG
+    kind = raw.get("type")
+    if kind == _OLD_EMBEDDING_TYPE:
+        return EMBEDDING_CONFIG
+    if kind != EMBEDDING_TYPE:
+        raise ConfigError((*loc, "type"), f"embedding type {kind!r} cannot be served. {_SERVES}")
+    component = raw.get("component")
+    if component is None:
+        return EMBEDDING_CONFIG
+    if not isinstance(component, Mapping):
+        raise ConfigError((*loc, "component"), f"component must be an object. {_SERVES}")
+    name = component.get("model_name")
+    if name is not None and (not isinstance(name, str) or name.strip().casefold() not in EMBEDDING_MODEL_NAMES):
+        raise ConfigError((*loc, "component", "model_name"), f"model {name!r} cannot be served. {_SERVES}")
+    return EMBEDDING_CONFIG
+
+
+def _tokens(section: Mapping[str, Any], key: str, loc: Loc) -> int | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError((*loc, key), f"{key} must be an integer number of tokens")
+    return value
+
+
+def _sizes(section: Mapping[str, Any], loc: Loc) -> dict[str, int]:
+    """``chunk_size`` / ``chunk_overlap`` of one section, checked against what the model reads."""
+    size = _tokens(section, "chunk_size", loc)
+    overlap = _tokens(section, "chunk_overlap", loc)
+    if size is not None and not MIN_CHUNK_TOKENS <= size <= MAX_CHUNK_TOKENS:
+        raise ConfigError((*loc, "chunk_size"), (
+            f"chunk_size must be {MIN_CHUNK_TOKENS}..{MAX_CHUNK_TOKENS} tokens: Quarry's embedding model "
+            f"({EMBEDDING_MODEL}) reads 256 tokens of its own tokenizer, [CLS] and [SEP] included "
+            f"(default {DEFAULT_CHUNK_TOKENS})"
+        ))
+    if overlap is not None:
+        limit = (size or DEFAULT_CHUNK_TOKENS) // 2
+        if not 0 <= overlap < limit:
+            raise ConfigError((*loc, "chunk_overlap"), (
+                f"chunk_overlap must be >= 0 and below half of chunk_size ({size or DEFAULT_CHUNK_TOKENS}"
+                f"{'' if size else ', the default'}): at most {limit - 1}"
+            ))
+    chunking = {"chunk_size": size, "chunk_overlap": overlap}
+    return {k: v for k, v in chunking.items() if v is not None}
+
+
+def chunking(raw: Mapping[str, Any] | None) -> dict[str, int]:
+    """The chunking a ``transform_config`` asks for, as the index config stores it for the ingest
+    worker (``{"chunk_size"?, "chunk_overlap"?}`` in tokens; ``{}``: the worker's defaults).
+
+    ``auto`` mode (or no mode) takes ``chunk_size`` / ``chunk_overlap``; ``advanced`` mode takes
+    them from a ``token`` or ``sentence`` ``chunking_config``, without segmentation (or with
+    ``none``). What Quarry cannot do is a ``ConfigError``, not ignored."""
+    loc: Loc = ("body", "transform_config")
+    if not raw:
+        return {}
+    mode = raw.get("mode")
+    if mode is None:
+        mode = "advanced" if raw.get("chunking_config") or raw.get("segmentation_config") else "auto"
+    if mode == "auto":
+        return _sizes(raw, loc)
+    if mode != "advanced":
+        raise ConfigError((*loc, "mode"), f"mode must be 'auto' or 'advanced', not {mode!r}")
+    segmentation = raw.get("segmentation_config")
+    if segmentation is not None:
+        if not isinstance(segmentation, Mapping):
+            raise ConfigError((*loc, "segmentation_config"), "segmentation_config must be an object")
+        if segmentation.get("mode") not in (None, "none"):
+            raise ConfigError((*loc, "segmentation_config", "mode"), (
+                f"segmentation mode {segmentation.get('mode')!r} is not supported: Quarry chunks a file's "
+                "whole text (chunks report their page range); use 'none'"
+            ))
+    config = raw.get("chunking_config")
+    if config is None:
+        return {}
+    cloc: Loc = (*loc, "chunking_config")
+    if not isinstance(config, Mapping):
+        raise ConfigError(cloc, "chunking_config must be an object")
+    chunk_mode = config.get("mode")
+    if chunk_mode is not None and chunk_mode not in _TOKEN_MODES:
+        raise ConfigError((*cloc, "mode"), (
+            f"chunking mode {chunk_mode!r} is not supported: Quarry chunks by tokens of its embedding model "
+            f"(mode 'token' or 'sentence', chunk_size {MIN_CHUNK_TOKENS}..{MAX_CHUNK_TOKENS})"
+        ))
+    return _sizes(config, cloc)

@@ -36,8 +36,6 @@ Limit = Annotated[int | None, Query(ge=1, le=1000)]
 
 router = APIRouter(prefix="/api/v1", tags=["pipelines"])
 
-#: Quarry embeds with its own model whatever a client asks for; this is what it reports.
-EMBEDDING_CONFIG = {"type": "QUARRY_EMBEDDING", "component": {"model_name": "all-MiniLM-L6-v2 (int8 ONNX)"}}
 #: Directory (name, type) that holds uploads made outside any directory (``POST /beta/files``).
 FILES_DIRECTORY = ("files", "files")
 _PARALLEL_UPLOADS = 16
@@ -63,7 +61,8 @@ def pipeline(i: files_pb2.Index) -> lm.Pipeline:
     p = use.index_config(i).get("pipeline") or {}
     return lm.Pipeline(
         id=i.id, name=i.name, project_id=i.project_id,
-        embedding_config=p.get("embedding_config") or EMBEDDING_CONFIG,
+        # Always Quarry's model (what older versions stored was an echo of the request).
+        embedding_config=use.EMBEDDING_CONFIG,
         pipeline_type=p.get("pipeline_type") or "MANAGED",
         transform_config=p.get("transform_config") or {},
         llama_parse_parameters=p.get("llama_parse_parameters") or {},
@@ -122,15 +121,38 @@ async def _sync(request: Request, project: files_pb2.Project, index_id: str) -> 
     return job
 
 
-def _config(body: lm.PipelineUpsert) -> str:
+def _config(body: lm.PipelineUpsert, chunking: dict[str, int]) -> str:
+    """The index config: what the ingest worker acts on (``page_screenshots``, ``chunking``) and the
+    pipeline's settings as they are read back."""
     parse = body.llama_parse_parameters or {}
     echoed = body.model_dump(exclude={"name"}, exclude_none=True)
-    return json.dumps({"page_screenshots": bool(parse.get("take_screenshot")), "pipeline": echoed})
+    echoed["embedding_config"] = use.EMBEDDING_CONFIG
+    return json.dumps({"page_screenshots": bool(parse.get("take_screenshot")), "chunking": chunking,
+                       "pipeline": echoed})
 
 
-async def _upsert(request: Request, project: files_pb2.Project, body: lm.PipelineUpsert) -> files_pb2.Index:
+def _chunking_of(index: files_pb2.Index | None) -> dict[str, int]:
+    return (use.index_config(index).get("chunking") or {}) if index is not None else {}
+
+
+def _settings(body: lm.PipelineUpsert, current: files_pb2.Index | None = None,
+              fields: set[str] | None = None) -> dict[str, int] | Response:
+    """Check ``embedding_config`` and ``transform_config`` (those in ``fields`` when given: an
+    update keeps the others as they are); the chunking to store, or a 422 naming the field."""
+    try:
+        if fields is None or "embedding_config" in fields:
+            use.embedding_config(body.embedding_config)
+        if fields is None or "transform_config" in fields:
+            return use.chunking(body.transform_config)
+    except use.ConfigError as exc:
+        return field_error(exc.loc, exc.msg)
+    return _chunking_of(current)
+
+
+async def _upsert(request: Request, project: files_pb2.Project, body: lm.PipelineUpsert,
+                  chunking: dict[str, int], previous: files_pb2.Index | None) -> files_pb2.Index:
     index: files_pb2.Index = await files_of(request).UpsertPipeline(
-        files_pb2.UpsertPipelineRequest(project_id=project.id, name=body.name, config_json=_config(body)),
+        files_pb2.UpsertPipelineRequest(project_id=project.id, name=body.name, config_json=_config(body, chunking)),
         timeout=catalog_timeout(request),
     )
     if not index.HasField("last_job"):
@@ -138,7 +160,16 @@ async def _upsert(request: Request, project: files_pb2.Project, body: lm.Pipelin
         # NOT_STARTED, so a client that waits on it right away does not wait forever.
         await _sync(request, project, index.id)
         index = await resolve_index(request, project, index.id)
+    elif previous is not None and _chunking_of(previous) != chunking:
+        # Files chunked otherwise are planned again by a sync (the files service compares the
+        # chunking each parsed text was made with): start it, as a changed source would.
+        await _sync(request, project, index.id)
+        index = await resolve_index(request, project, index.id)
     return index
+
+
+async def _existing(request: Request, project: files_pb2.Project, name: str) -> files_pb2.Index | None:
+    return next((i for i in await _find_by_name(request, project, name) if i.kind == "pipeline"), None)
 
 
 @router.put("/pipelines", response_model=lm.Pipeline)
@@ -148,7 +179,9 @@ async def upsert_pipeline(
     """Create the pipeline, or update the one with this name in the project."""
     if (wrong := _check_project(project, project_id)) is not None:
         return wrong
-    return pipeline(await _upsert(request, project, body))
+    if isinstance(chunking := _settings(body), Response):
+        return chunking
+    return pipeline(await _upsert(request, project, body, chunking, await _existing(request, project, body.name)))
 
 
 async def _find_by_name(request: Request, project: files_pb2.Project, name: str) -> list[files_pb2.Index]:
@@ -172,9 +205,11 @@ async def create_pipeline(
     """Create a pipeline; 409 when one with this name exists (PUT upserts)."""
     if (wrong := _check_project(project, project_id)) is not None:
         return wrong
+    if isinstance(chunking := _settings(body), Response):
+        return chunking
     if await _find_by_name(request, project, body.name):
         return error_response(409, f"a pipeline named {body.name!r} exists; PUT /api/v1/pipelines upserts")
-    return pipeline(await _upsert(request, project, body))
+    return pipeline(await _upsert(request, project, body, chunking, None))
 
 
 @router.get("/pipelines", response_model=list[lm.Pipeline])
@@ -228,10 +263,11 @@ async def update_pipeline(
     if body.name is not None and body.name != index.name:
         return field_error(("body", "name"), "pipelines cannot be renamed")
     current = use.index_config(index).get("pipeline") or {}
-    merged = lm.PipelineUpsert.model_validate(
-        {**current, **body.model_dump(exclude_none=True, exclude={"name"}), "name": index.name}
-    )
-    return pipeline(await _upsert(request, project, merged))
+    given = body.model_dump(exclude_none=True, exclude={"name"})
+    if isinstance(chunking := _settings(body, index, set(given)), Response):
+        return chunking
+    merged = lm.PipelineUpsert.model_validate({**current, **given, "name": index.name})
+    return pipeline(await _upsert(request, project, merged, chunking, index))
 
 
 @router.delete("/pipelines/{pipeline_id}", status_code=204)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Generic, TypeVar
@@ -104,6 +105,22 @@ class Job:
 
 #: The engines a rebuild may target.
 ENGINES = ("dense", "sparse")
+
+
+def chunking_key(config_json: str) -> str:
+    """The chunking an index config asks for, as a comparable string ("" for the worker's defaults).
+
+    A parsed text records the key of the config its chunks were made with; a sync plans the file
+    again when it differs from the index's (a pipeline's ``transform_config`` changed).
+    """
+    try:
+        config = json.loads(config_json or "{}")
+    except json.JSONDecodeError:
+        return ""
+    chunking = config.get("chunking") if isinstance(config, dict) else None
+    if not isinstance(chunking, dict) or not chunking:
+        return ""
+    return json.dumps(chunking, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

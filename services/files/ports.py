@@ -168,6 +168,7 @@ class Catalog(Protocol):
         pages: Sequence[Page],
         chunk_count: int,
         error: str,
+        index_config_json: str = "",
     ) -> None: ...
 
     async def finish_job(self, job_id: str, worker_id: str, status: str, error: str) -> Job: ...

@@ -400,10 +400,12 @@ class FilesService:
         pages: Sequence[d.Page] = (),
         chunk_count: int = 0,
         error: str = "",
+        index_config_json: str = "",
     ) -> None:
         if chunk_count < 0:
             raise InvalidArgument("chunk_count must not be negative")
-        await self.catalog.complete_job_item(job_id, worker_id, source_file_id, text, pages, chunk_count, error)
+        await self.catalog.complete_job_item(job_id, worker_id, source_file_id, text, pages, chunk_count, error,
+                                             index_config_json)
 
     async def finish_job(self, job_id: str, worker_id: str, status: str, error: str = "") -> d.Job:
         if status not in JOB_RESULT_STATUSES:

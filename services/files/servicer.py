@@ -396,6 +396,7 @@ class FilesServicer(files_pb2_grpc.FilesServicer):
             pages=[d.Page(number=p.number, start_char=p.start_char, end_char=p.end_char) for p in request.pages],
             chunk_count=request.chunk_count,
             error=request.error,
+            index_config_json=request.index_config_json,
         )
         return pb.Empty()
 

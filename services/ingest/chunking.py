@@ -27,6 +27,8 @@ from services.ingest.parsing import Page
 PIECE_CHARS = 16_384
 #: Pieces encoded per ``encode_batch`` call (the Rust tokenizer encodes a batch in parallel).
 PIECES_PER_BATCH = 8
+#: The most text tokens per chunk: the packaged MiniLM reads 256 including [CLS] and [SEP].
+MAX_CHUNK_TOKENS = 254
 
 # CJK full stops (U+3002, U+FF01, U+FF1F) end a sentence without a following space.
 _CJK_STOPS = "\u3002\uff01\uff1f"
@@ -60,6 +62,20 @@ class ChunkingOptions:
     @property
     def lookback(self) -> int:
         return self.chunk_size // 4
+
+    def resolve(self, chunk_size: int | None, chunk_overlap: int | None) -> ChunkingOptions:
+        """These options (the defaults) overridden by an index's ``chunk_size`` / ``chunk_overlap``.
+
+        A size without an overlap keeps the defaults' overlap ratio (200/40: a fifth); values out
+        of range are brought into it (size 8..254 tokens, overlap below half the size), so a
+        config checked against other defaults still chunks.
+        """
+        if chunk_size is None and chunk_overlap is None:
+            return self
+        size = min(max(chunk_size if chunk_size is not None else self.chunk_size, 8), MAX_CHUNK_TOKENS)
+        if chunk_overlap is None:
+            chunk_overlap = size * self.chunk_overlap // self.chunk_size
+        return ChunkingOptions(size, min(max(chunk_overlap, 0), size // 2 - 1))
 
 
 @dataclass(frozen=True, slots=True)

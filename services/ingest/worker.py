@@ -133,9 +133,19 @@ def chunk_metadata(metadata_json: str) -> dict[str, MetaValue]:
 
 @dataclass(frozen=True, slots=True)
 class IndexConfig:
-    """The parts of an index's ``config_json`` that the worker acts on."""
+    """The parts of an index's ``config_json`` that the worker acts on.
+
+    ``chunking`` (``{"chunk_size"?, "chunk_overlap"?}``, tokens; a pipeline's ``transform_config``
+    as the gateway checked it) overrides the worker's chunking settings for the index's files.
+    """
 
     page_screenshots: bool = False
+    chunk_size: int | None = None
+    chunk_overlap: int | None = None
+
+    def chunking(self, default: ChunkingOptions) -> ChunkingOptions:
+        """The options to chunk this index's files with (see ``ChunkingOptions.resolve``)."""
+        return default.resolve(self.chunk_size, self.chunk_overlap)
 
     @classmethod
     def from_json(cls, config_json: str) -> IndexConfig:
@@ -150,7 +160,19 @@ class IndexConfig:
         if not isinstance(raw, dict):
             log.warning("ignoring an index config that is not a JSON object")
             return cls()
-        return cls(page_screenshots=raw.get("page_screenshots") is True)
+        chunking = raw.get("chunking")
+        sizes = chunking if isinstance(chunking, dict) else {}
+        return cls(page_screenshots=raw.get("page_screenshots") is True,
+                   chunk_size=_tokens(sizes.get("chunk_size")), chunk_overlap=_tokens(sizes.get("chunk_overlap")))
+
+
+def _tokens(value: object) -> int | None:
+    """A token count from a config, or None (absent, or not an integer: the default applies)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if value is not None:
+            log.warning("ignoring an index chunking value that is not an integer: %r", value)
+        return None
+    return value
 
 
 def build_chunks(
@@ -447,9 +469,9 @@ class IngestWorker:
         document = ParsedDocument(parsed.text, pages)
         prepared = files_pb2.PrepareParsedFileResponse(parsed_file_id=parsed.parsed_file_id, version=parsed.version,
                                                        index_config_json=parsed.index_config_json)
-        chunks, card = await self._chunks_and_card(job, parsed.file, prepared, document)
-        return _PreparedFile(item, b"", document, prepared, IndexConfig.from_json(parsed.index_config_json),
-                             chunks, card)
+        config = IndexConfig.from_json(parsed.index_config_json)
+        chunks, card = await self._chunks_and_card(job, parsed.file, prepared, document, config)
+        return _PreparedFile(item, b"", document, prepared, config, chunks, card)
 
     async def _prepare(self, job: files_pb2.Job, item: files_pb2.JobItem) -> _PreparedFile | None:
         try:
@@ -477,16 +499,17 @@ class IngestWorker:
             files_pb2.PrepareParsedFileRequest(index_id=job.index_id, source_file_id=item.source_file_id),
             lease=True,
         )
-        chunks, card = await self._chunks_and_card(job, meta, prepared, document)
-        return _PreparedFile(item, source.content, document, prepared,
-                             IndexConfig.from_json(prepared.index_config_json), chunks, card)
+        config = IndexConfig.from_json(prepared.index_config_json)
+        chunks, card = await self._chunks_and_card(job, meta, prepared, document, config)
+        return _PreparedFile(item, source.content, document, prepared, config, chunks, card)
 
     async def _chunks_and_card(self, job: files_pb2.Job, meta: files_pb2.DirectoryFile,
                                prepared: files_pb2.PrepareParsedFileResponse,
-                               document: ParsedDocument) -> tuple[list[Chunk], Chunk]:
-        """The file's chunks, under ids of its parsed file and version, and its file card."""
+                               document: ParsedDocument, config: IndexConfig) -> tuple[list[Chunk], Chunk]:
+        """The file's chunks (with the index's chunking), under ids of its parsed file and version,
+        and its file card."""
         pieces = await asyncio.to_thread(
-            chunk_text, document.text, document.pages, self._chunking, self._tokenizer
+            chunk_text, document.text, document.pages, config.chunking(self._chunking), self._tokenizer
         )
         metadata = chunk_metadata(meta.metadata_json)
         # A directory file always has a unique_id; the id stands in for one from an older catalog.
@@ -525,10 +548,12 @@ class IngestWorker:
         await self._upsert_chunks(files_index_id(job.index_id), [f.card for f in files], engines)
         for f in files:
             if job.kind == "rebuild":  # the text and the page images stay as they are
-                await self._complete(job, f.item, chunk_count=len(f.chunks))
+                await self._complete(job, f.item, chunk_count=len(f.chunks),
+                                     index_config_json=f.prepared.index_config_json)
                 continue
             await self._page_images(job, f.prepared, f.content, f.document, f.config)
-            await self._complete(job, f.item, document=f.document, chunk_count=len(f.chunks))
+            await self._complete(job, f.item, document=f.document, chunk_count=len(f.chunks),
+                                 index_config_json=f.prepared.index_config_json)
             log.debug("indexed %s as %s v%d: %d chunks", f.item.source_file_id, f.prepared.parsed_file_id,
                       f.prepared.version, len(f.chunks), extra={"job_id": job.id})
         log.info("indexed %d files, %d chunks", len(files), len(chunks), extra={"job_id": job.id})
@@ -656,10 +681,11 @@ class IngestWorker:
         document: ParsedDocument | None = None,
         chunk_count: int = 0,
         error: str = "",
+        index_config_json: str = "",
     ) -> None:
         request = files_pb2.CompleteJobItemRequest(
             job_id=job.id, worker_id=self.worker_id, source_file_id=item.source_file_id,
-            chunk_count=chunk_count, error=error,
+            chunk_count=chunk_count, error=error, index_config_json=index_config_json,
         )
         if document is not None:
             request.text = document.text

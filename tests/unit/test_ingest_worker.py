@@ -502,6 +502,29 @@ async def test_a_refused_page_image_call_means_the_lease_is_lost(h: Harness) -> 
     assert h.files.completed == [] and h.files.jobs[job_id].finish is None
 
 
+async def test_an_index_chunks_with_its_own_chunking_and_says_so_on_commit(h: Harness) -> None:
+    """A pipeline's transform_config (the index config's ``chunking``) overrides the settings for its
+    files only; the commit carries the config the chunks were made with."""
+    h.files.add_source("src-txt", "guide.txt", LONG_TEXT)
+    other = "idx-2"
+    h.files.index_configs[INDEX] = json.dumps({"chunking": {"chunk_size": 40, "chunk_overlap": 4}})
+    h.files.add_job(INDEX, [("src-txt", "upsert")])
+    h.files.add_job(other, [("src-txt", "upsert")])
+    worker = h.worker()
+    assert await worker.run_once() is JobOutcome.SUCCEEDED
+    assert await worker.run_once() is JobOutcome.SUCCEEDED
+
+    def sizes(index_id: str) -> list[int]:
+        ids = h.dense.ids(index_id, parsed_file_id_for(index_id, "src-txt"))
+        return [h.dense.chunks[(index_id, cid)].token_count for cid in ids]
+
+    small, default = sizes(INDEX), sizes(other)
+    assert max(small) <= 40 < max(default) <= 200
+    assert len(small) > 3 * len(default)
+    committed = {c.job_id: c for c in h.files.completed}
+    assert [c.index_config_json for c in committed.values()] == [h.files.index_configs[INDEX], ""]
+
+
 def test_index_config_reads_page_screenshots_only_when_true() -> None:
     assert IndexConfig.from_json('{"page_screenshots": true}').page_screenshots
     for text in ("", "null", "[]", "not json", '{"page_screenshots": "true"}', '{"page_screenshots": false}',

@@ -260,6 +260,9 @@ parsed_texts = Table(
     Column("pages_json", Text, nullable=False),
     Column("chunk_count", Integer, nullable=False),
     Column("updated_at", _TS, nullable=False),
+    # 0005: the chunking its chunks were made with (``chunking_key`` of the index config; "": the
+    # worker's defaults). A sync plans the file again when the index's chunking differs.
+    Column("chunking", Text, nullable=False, server_default=text("''")),
 )
 
 page_images = Table(
@@ -1213,6 +1216,7 @@ class SqlCatalog:
                     directory_files.c.id,
                     directory_files.c.source_file_id,
                     parsed_texts.c.source_version,
+                    parsed_texts.c.chunking,
                 )
                 .select_from(
                     directory_files.outerjoin(parsed_texts, parsed_texts.c.parsed_file_id == directory_files.c.id)
@@ -1223,10 +1227,12 @@ class SqlCatalog:
         ).all()
         by_source = {p.source_file_id: p for p in parsed if p.source_file_id}
         source_ids = {s.id for s in sources}
+        chunking = d.chunking_key(index.config_json)
         items: list[dict[str, Any]] = []
         for s in sources:
             p = by_source.get(s.id)
-            if p is None or p.source_version != s.version:
+            # Changed, never indexed, or chunked otherwise than the index now asks.
+            if p is None or p.source_version != s.version or p.chunking != chunking:
                 items.append(
                     {
                         "source_file_id": s.id,
@@ -1601,8 +1607,11 @@ class SqlCatalog:
         pages: Sequence[d.Page],
         chunk_count: int,
         error: str,
+        index_config_json: str = "",
     ) -> None:
-        """Commit one item's outcome; a repeat of an item already done changes nothing."""
+        """Commit one item's outcome; a repeat of an item already done changes nothing.
+
+        ``index_config_json``: the config the worker chunked with (empty: the index's now)."""
         async with self._write() as conn:
             job = await self._held_job(conn, job_id, worker_id)
             item = (
@@ -1629,8 +1638,17 @@ class SqlCatalog:
             if claimed.rowcount != 1:
                 return
             parsed_id = item.parsed_file_id
+            chunking = ""
+            if not error and item.action in ("upsert", "rebuild"):
+                if not index_config_json:  # a worker that does not say
+                    index_config_json = (await self._index_row(conn, None, job.index_id)).config_json
+                chunking = d.chunking_key(index_config_json)
             if not error and item.action == "upsert":
-                parsed_id = await self._store_text(conn, job.index_id, source_file_id, text, pages, chunk_count)
+                parsed_id = await self._store_text(conn, job.index_id, source_file_id, text, pages, chunk_count,
+                                                   chunking)
+            elif not error and item.action == "rebuild" and parsed_id:
+                await conn.execute(update(parsed_texts).where(parsed_texts.c.parsed_file_id == parsed_id)
+                                   .values(chunking=chunking, chunk_count=chunk_count))
             elif not error and item.action == "delete" and parsed_id:
                 await self._delete_parsed_data(conn, [parsed_id])
                 await conn.execute(delete(directory_files).where(directory_files.c.id == parsed_id))
@@ -1651,6 +1669,7 @@ class SqlCatalog:
         text: str,
         pages: Sequence[d.Page],
         chunk_count: int,
+        chunking: str = "",
     ) -> str:
         parsed_id, version = await self._prepare_or_existing(conn, index_id, source_file_id)
         clean = _clean_text(text)
@@ -1662,6 +1681,7 @@ class SqlCatalog:
             "text": clean,
             "pages_json": json.dumps([[p.number, p.start_char, p.end_char] for p in pages]),
             "chunk_count": chunk_count,
+            "chunking": chunking,
             "updated_at": now,
         }
         result = await conn.execute(

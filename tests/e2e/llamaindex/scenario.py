@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 DOCS_PIPELINE = "li-e2e-docs"
 FILES_PIPELINE = "li-e2e-files"
+SMALL_CHUNKS_PIPELINE = "li-e2e-small-chunks"
 PROJECT = "Default"
 #: Per-request deadline of every client (seconds) and per-step deadline of this program.
 TIMEOUT = 30
@@ -692,6 +693,48 @@ class Scenario:
             self.r.equal(info[VOLCANO].metadata, volcano.metadata, "ref_doc_info metadata after update")
         self.r.equal(self.status(index.id), "SUCCESS", "status after delete")
 
+    def pipeline_settings(self) -> None:
+        """embedding_config / transform_config as the 1.x client sends them, and the pipeline read
+        back through its strict response models."""
+        strict = LlamaCloud(api_key=self.api_key, base_url=self.base_url, timeout=TIMEOUT, max_retries=0,
+                            _strict_response_validation=True)
+        got = strict.pipelines.get(self.need_docs().id)  # APIResponseValidationError on a wrong shape
+        self.r.equal(got.embedding_config.type, "HUGGINGFACE_API_EMBEDDING", "strict get: embedding type")
+        component = got.embedding_config.component
+        self.r.equal(component.api_model_name if component else None, "sentence-transformers/all-MiniLM-L6-v2",
+                     "strict get: Quarry's model")
+        small = LlamaCloudIndex.from_documents(
+            [Document(id_=LIGHTHOUSE_ID, text=LIGHTHOUSE, metadata={})], name=SMALL_CHUNKS_PIPELINE,
+            project_name=PROJECT, api_key=self.api_key, base_url=self.base_url, timeout=TIMEOUT,
+            transform_config={"mode": "auto", "chunk_size": 32, "chunk_overlap": 4},
+            embedding_config={"type": "HUGGINGFACE_API_EMBEDDING",
+                              "component": {"model_name": "sentence-transformers/all-MiniLM-L6-v2"}},
+        )
+        read = strict.pipelines.get(small.id)
+        self.r.equal(read.transform_config.to_dict() if read.transform_config else None,
+                     {"mode": "auto", "chunk_size": 32, "chunk_overlap": 4}, "strict get: transform_config")
+        query = dict(alpha=0.0, enable_reranking=False, dense_similarity_top_k=ALL, sparse_similarity_top_k=ALL)
+        few = self.raw(self.need_docs().id, "lighthouse keeper", **query)[1]
+        many = self.raw(small.id, "lighthouse keeper", **query)[1]
+        few = [n for n in few if n.node.ref_doc_id == LIGHTHOUSE_ID]
+        longest = (max(len(n.node.get_content()) for n in nodes) if nodes else 0 for nodes in (many, few))
+        small_chars, default_chars = longest
+        # The query matches once per entry: every entry's chunk, the default's hold several entries.
+        self.r.check(len(many) > len(few) > 0 and 3 * small_chars < default_chars,
+                     "chunk_size 32: more, smaller chunks than the default",
+                     f"{len(many)} chunks of at most {small_chars} characters vs {len(few)} of {default_chars}")
+        try:
+            LlamaCloudIndex.create_index(name="li-e2e-openai", project_name=PROJECT, api_key=self.api_key,
+                                         base_url=self.base_url, timeout=TIMEOUT,
+                                         embedding_config={"type": "OPENAI_EMBEDDING",
+                                                           "component": {"model_name": "text-embedding-3-small"}})
+            self.r.check(False, "an OpenAI embedding model is refused (422)", "it was accepted")
+        except APIStatusError as e:
+            self.r.equal(e.status_code, 422, "an OpenAI embedding model: status")
+            detail = e.body.get("detail") if isinstance(e.body, dict) else None
+            self.r.equal(detail[0]["loc"] if detail else None, ["body", "embedding_config", "type"],
+                         "an OpenAI embedding model: the field named")
+
     def print_state(self) -> None:
         print("SCENARIO_STATE " + json.dumps(self.state), flush=True)
 
@@ -711,6 +754,7 @@ class Scenario:
             ("filter inference", self.inference),
             ("ref_doc_info", self.ref_doc_info),
             ("insert/update/delete", self.mutations),
+            ("pipeline settings", self.pipeline_settings),
         ]:
             self.r.run(name, step)
         for line in self.r.not_run:

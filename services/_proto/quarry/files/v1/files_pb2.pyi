@@ -1746,6 +1746,7 @@ class CompleteJobItemRequest(_message.Message):
     PAGES_FIELD_NUMBER: _builtins.int
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    INDEX_CONFIG_JSON_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     worker_id: _builtins.str
     source_file_id: _builtins.str
@@ -1754,6 +1755,11 @@ class CompleteJobItemRequest(_message.Message):
     chunk_count: _builtins.int
     error: _builtins.str
     """Non-empty when the item failed (e.g. an unparseable file); the job goes on."""
+    index_config_json: _builtins.str
+    """The index config the chunks were made with (PrepareParsedFile's or GetParsedFile's
+    index_config_json): its chunking is recorded with the parsed text, and a sync plans the file
+    again once the index's chunking differs. Empty: the index's config at commit time.
+    """
     @_builtins.property
     def pages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Page]: ...
     def __init__(
@@ -1766,10 +1772,11 @@ class CompleteJobItemRequest(_message.Message):
         pages: _abc.Iterable[Global___Page] | None = ...,
         chunk_count: _builtins.int = ...,
         error: _builtins.str = ...,
+        index_config_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "error", b"error", "job_id", b"job_id", "pages", b"pages", "source_file_id", b"source_file_id", "text", b"text", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "error", b"error", "index_config_json", b"index_config_json", "job_id", b"job_id", "pages", b"pages", "source_file_id", b"source_file_id", "text", b"text", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
