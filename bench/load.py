@@ -174,7 +174,8 @@ async def ingest_synthetic(client: QuarryClient, vocab: Vocabulary, chunks: int,
 
 class Floor:
     """The same query's work in one process, no network: embed, embedded Qdrant, tantivy, fusion
-    (and, for the rerank floor, the late-interaction reranker over the same window)."""
+    (and, for the rerank floor, MaxSim over the window's stored token vectors, or the
+    late-interaction reranker where the index has none)."""
 
     def __init__(self, data_dir: Path, index_id: str) -> None:
         from services.common.models import load_encoder
@@ -195,16 +196,24 @@ class Floor:
         from gateway.fusion import fuse
         from gateway.retrieval import blend
         from gateway.settings import RetrievalDefaults
+        from services.common.late_interaction import query_tokens
 
         d = RetrievalDefaults()
-        vector = (await asyncio.to_thread(self.encoder.pooled, [text]))[0]
+        # One model run gives the query's sentence vector and its token vectors, as in dense.
+        vectors, (states,) = await asyncio.to_thread(self.encoder.pooled_and_tokens, [text])
+        vector = vectors[0]
         dense, sparse = await asyncio.gather(
             self.vectors.search(self.index_id, vector, d.num_candidates, None),
             self.keywords.search(self.index_id, text, d.num_candidates, None))
         fused = fuse(dense, sparse, dense_weight=d.dense_weight, sparse_weight=d.sparse_weight, method=d.fusion)
         if rerank and fused:
             window = fused[: max(d.rerank_depth, d.top_k)]
-            scores = await self.reranker.score(text, [f.chunk.content for f in window])
+            scores = None
+            if d.rerank_source == "stored":  # the token vectors stored with the chunks, as the gateway
+                scores = await self.vectors.late_scores(self.index_id, query_tokens(states),
+                                                        [f.chunk.id for f in window])
+            if scores is None:
+                scores = await self.reranker.score(text, [f.chunk.content for f in window])
             mixed = blend(scores, [f.score for f in window], d.rerank_blend)
             fused = [f for _, f in sorted(zip(mixed, window, strict=True), key=lambda p: -p[0])]
         return [f.chunk.id for f in fused[: d.top_k]]

@@ -195,6 +195,46 @@ def rerank_study(ds: Dataset, candidates: Mapping[str, list[dict[str, Any]]], *,
     return out
 
 
+#: Token vectors kept per chunk in the stored-vector study (the dense default is marked in the report).
+STORED_CAPS = (8, 16, 32, 64)
+
+
+def stored_study(ds: Dataset, candidates: Mapping[str, list[dict[str, Any]]], *,
+                 caps: Sequence[int] = STORED_CAPS, depth: int = 20) -> dict[str, Any]:
+    """nDCG@10 of the fused candidates with the top ``depth`` reordered by MaxSim over token
+    vectors as the dense service stores them (``compress`` at each cap, from the encoder at the
+    dense service's 256-token window), alone and blended at each weight."""
+    from services.common.late_interaction import compress, maxsim, query_tokens
+    from services.common.models import load_encoder
+
+    encoder = load_encoder()
+    qrels = {q: ds.qrels[q] for q in candidates}
+    base = evaluate({q: dedupe(doc_of(r) for r in rs) for q, rs in candidates.items()}, qrels)["ndcg@10"]
+    texts = sorted({r["content"] for rs in candidates.values() for r in rs[:depth]})
+    states = dict(zip(texts, encoder.pooled_and_tokens(texts)[1], strict=True))
+    queries = {q: query_tokens(encoder.pooled_and_tokens([ds.queries[q]])[1][0]) for q in candidates}
+    out: dict[str, Any] = {"fused_ndcg@10": base, "depth": depth, "settings": {}}
+    for cap in caps:
+        kept = {t: compress(st, cap) for t, st in states.items()}
+        runs: dict[float, dict[str, list[str]]] = {w: {} for w in (*BLENDS, 1.0)}
+        for qid, results in candidates.items():
+            window, tail = results[:depth], [doc_of(r) for r in results[depth:]]
+            scores = [maxsim(queries[qid], kept[r["content"]]) for r in window]
+            for w in runs:
+                mixed = blend(scores, [r["score"] for r in window], w)
+                order = sorted(range(len(window)), key=lambda i: -mixed[i])
+                runs[w][qid] = dedupe([doc_of(window[i]) for i in order] + tail)
+        out["settings"][str(cap)] = {
+            "tokens": cap, "mean_tokens": float(statistics.mean(len(v) for v in kept.values())),
+            "ndcg@10": evaluate(runs[1.0], qrels)["ndcg@10"],
+            **{f"blend{w}_ndcg@10": evaluate(runs[w], qrels)["ndcg@10"] for w in BLENDS},
+        }
+        row = out["settings"][str(cap)]
+        print(f"  {ds.name:10s} stored tokens {cap:3d}: alone {row['ndcg@10']:.4f}, "
+              + ", ".join(f"{w}: {row[f'blend{w}_ndcg@10']:.4f}" for w in BLENDS) + f" (fused {base:.4f})", flush=True)
+    return out
+
+
 def peer_quality(data_dir: Path, ds: Dataset, index_id: str, max_queries: int | None) -> dict[str, Any]:
     """nDCG@10 / recall@100 of the LlamaIndex peer over the same chunks (read from Quarry's shard)."""
     from bench.peer import PeerRetriever, read_chunks
@@ -252,6 +292,7 @@ def run(datasets: Sequence[Dataset], work_dir: Path, *, smoke: bool = False, max
         if study and candidates[ds.name]:
             entry["rerank_study"] = rerank_study(ds, candidates[ds.name], token_caps=token_caps, depths=depths,
                                                  batch_size=batch_size, timing_queries=5 if smoke else 12)
+            entry["stored_study"] = stored_study(ds, candidates[ds.name], caps=(8, 32) if smoke else STORED_CAPS)
         if peer:
             entry["peer"] = peer_quality(work_dir, ds, entry["index_id"], max_queries)
             print(f"  {ds.name:10s} peer (LlamaIndex)  nDCG@10 {entry['peer']['ndcg@10']:.4f}", flush=True)

@@ -248,9 +248,37 @@ def quality_section(q: dict[str, Any]) -> list[str]:
                              f"{100 * sum(changes) / len(changes):+.1f} %", f"{100 * min(changes):+.1f} %",
                              *[_f(studies[d]["settings"][k]["depth20_ms_p50"], 0) for d in names]])
         out += [_table(header, rows), "", "![rerank](bench/rerank.png)", ""]
+    out += stored_study_section(q)
     if q.get("notes"):
         out += ["Notes: " + " ".join(q["notes"]), ""]
     return out
+
+
+def stored_study_section(q: dict[str, Any]) -> list[str]:
+    """The stored token vectors study: nDCG@10 per cap and blend weight, per dataset."""
+    studies = {d: e["stored_study"] for d, e in q["datasets"].items() if e.get("stored_study")}
+    if not studies:
+        return []
+    names = list(studies)
+    first = next(iter(studies.values()))
+    caps = sorted(first["settings"], key=int)
+    kinds = [("ndcg@10", "alone")] + [(k, "blend w=" + k.removeprefix("blend").removesuffix("_ndcg@10"))
+                                      for k in first["settings"][caps[0]] if k.startswith("blend")]
+    rows = [["fused", *[_f(studies[d]["fused_ndcg@10"], 4) for d in names], "", "", *["" for _ in names]]]
+    for cap in caps:
+        for key, label in kinds:
+            values = [studies[d]["settings"][cap][key] for d in names]
+            changes = [v / studies[d]["fused_ndcg@10"] - 1 for v, d in zip(values, names, strict=True)]
+            rows.append([f"{cap} tokens, {label}", *[_f(v, 4) for v in values],
+                         f"{100 * sum(changes) / len(changes):+.2f} %", f"{100 * min(changes):+.2f} %",
+                         *[_f(studies[d]["settings"][cap]["mean_tokens"], 1) for d in names]])
+    return ["### Stored token vectors study (in process over the default hybrid's candidates)", "",
+            f"The top {first['depth']} fused candidates reordered by MaxSim over each chunk's token vectors as "
+            "the dense service stores them (content tokens, stop words and punctuation dropped, pooled by "
+            "k-means to at most the cap; `services/common/late_interaction.py`), alone or blended with the "
+            "fused score. Change columns are relative to the fused order; the last columns give the mean "
+            "vectors a chunk keeps.", "",
+            _table(["setting", *names, "mean change", "worst change", *[f"{d} kept" for d in names]], rows), ""]
 
 
 def adopted_section(a: dict[str, Any]) -> list[str]:

@@ -145,6 +145,10 @@ class Stack:
         # Every process gets the stack's token unless the caller configured a credential itself.
         if not any(k.startswith(f"{prefix}SERVICE_AUTH__") for k in env):
             env[f"{prefix}SERVICE_AUTH__TOKEN"] = self.service_token
+        if name == "gateway" and env.get("QUARRY_RERANK_BACKEND", "late_interaction") != "late_interaction":
+            # A cross-encoder or an HTTP reranker was chosen for the stack: it scores every window
+            # (the stored token vectors serve the default late-interaction reranker only).
+            env.setdefault("QUARRY_GATEWAY_DEFAULTS__RERANK_SOURCE", "model")
         return env
 
     @property

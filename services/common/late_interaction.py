@@ -9,9 +9,9 @@ queries (thresholds, fusion, logs).
 
 What a chunk keeps (``compress``): its content tokens minus punctuation and English stop words,
 pooled into at most ``max_tokens`` centroids by a few rounds of spherical k-means (tokens of
-the same word or of near-synonyms merge; a chunk with fewer tokens keeps them all), stored as
-float16 unit rows. The choice and its cost are measured in docs/benchmarks.md ("Stored token
-vectors").
+the same word or of near-synonyms merge; a chunk with fewer tokens keeps them all), handed to
+the vector engine as float16 unit rows (which stores them as 8-bit codes). The choice and its
+cost are measured in docs/benchmarks.md ("Stored token vectors").
 """
 
 from __future__ import annotations

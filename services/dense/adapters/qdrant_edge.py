@@ -7,8 +7,9 @@ Layout under ``data_dir``::
 
 A point holds the chunk's sentence vector (the default, unnamed vector: HNSW over cosine) and,
 in a shard created with ``"tokens": true``, its late-interaction token vectors (``tokens``: a
-float16 multivector compared by MaxSim, memory-mapped from disk and never graph-indexed, since
-it is only ever scored for the few chunks a query names). Shards created before token vectors
+multivector compared by MaxSim, stored as Qdrant's 8-bit TurboQuant codes (384 bytes a token,
+scores within ~4e-4 of float32), memory-mapped from disk and never graph-indexed, since it is
+only ever scored for the few chunks a query names). Shards created before token vectors
 existed keep their one unnamed vector; ``late_scores`` answers ``None`` for them.
 
 ``<dir>`` is the index id when it is a safe file name, else a hash of it; ``quarry.json``
@@ -191,7 +192,7 @@ class QdrantEdgeVectorIndex:
                 # only scored for named points.
                 size=self._dim, distance=qe.Distance.Dot, on_disk=True,
                 multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
-                datatype=qe.VectorStorageDatatype.Float16,
+                datatype=qe.VectorStorageDatatype.Turbo8,
                 hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=ef, full_scan_threshold=threshold),
             )}
         return qe.EdgeConfig(

@@ -15,8 +15,8 @@ Payload layout and filter translation are shared with the embedded adapter
 Qdrant's unindexed word-token match.
 
 Vectors of a point: ``dense`` (the chunk's sentence vector, cosine, HNSW per tenant) and
-``tokens`` (its late-interaction token vectors: a float16 multivector compared by MaxSim, on
-disk, never graph-indexed: it is only scored for the chunks a query names). A collection
+``tokens`` (its late-interaction token vectors: a multivector compared by MaxSim, stored as
+8-bit TurboQuant codes on disk, never graph-indexed: it is only scored for the chunks a query names). A collection
 created before token vectors existed has one unnamed vector and keeps it: the adapter reads the
 layout of an existing collection and answers ``late_scores`` with ``None`` there.
 
@@ -149,12 +149,12 @@ def collection_params(config: CollectionConfig, dim: int, *, token_vectors: bool
     dense = models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=config.on_disk)
     vectors: models.VectorParams | dict[str, models.VectorParams] = dense
     if token_vectors:
-        # The quantization is the sentence vector's alone; the token vectors stay float16 on disk.
+        # The quantization is the sentence vector's alone; the token vectors are 8-bit codes on disk.
         vectors = {
             DENSE: models.VectorParams(size=dim, distance=models.Distance.COSINE, on_disk=config.on_disk,
                                        quantization_config=quantization),
             TOKENS: models.VectorParams(
-                size=dim, distance=models.Distance.DOT, on_disk=True, datatype=models.Datatype.FLOAT16,
+                size=dim, distance=models.Distance.DOT, on_disk=True, datatype=models.Datatype.TURBO8,
                 multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
                 hnsw_config=models.HnswConfigDiff(m=0),
             ),
