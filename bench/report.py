@@ -289,9 +289,34 @@ def adopted_section(a: dict[str, Any]) -> list[str]:
     if "hybrid dbsf 0.5/0.5" in configs and "defaults + rerank" in configs:
         changes = [a["datasets"][d]["configs"]["defaults + rerank"]["ndcg@10"]
                    / a["datasets"][d]["configs"]["hybrid dbsf 0.5/0.5"]["ndcg@10"] - 1 for d in datasets]
-        rows.append(["change from the reranker", *[f"{100 * c:+.1f} %" for c in changes]])
+        rows.append(["change from the reranker", *[f"{100 * c:+.2f} %" for c in changes]])
+    degraded = [f"{d}/{c}: {v['degraded']}" for d in datasets for c, v in a["datasets"][d]["configs"].items()]
     return ["### The adopted defaults, end to end", "", _meta_line(a["meta"]), "",
-            _table(["nDCG@10", *datasets], rows), ""]
+            _table(["nDCG@10", *datasets], rows), "",
+            "Degraded answers per dataset/configuration: " + ", ".join(degraded) + ".", "",
+            *stored_study_section(a)]
+
+
+def stored_rerank_section(r: dict[str, Any]) -> list[str]:
+    """Rerank on vs off through the API on one index, in one run (``stored-rerank/speed.json``)."""
+    q = r["quarry"]
+    rows = []
+    for c in r["concurrency"]:
+        off, on = q["retrieve"][str(c)], q["retrieve+rerank"][str(c)]
+        rows.append([c, _f(off.get("p50")), _f(on.get("p50")), _f(on.get("p50", 0) / off["p50"], 2) if off.get("p50")
+                     else "-", _f(off.get("p99")), _f(on.get("p99")), _f(off["throughput_rps"]),
+                     _f(on["throughput_rps"]), off["degraded"], on["degraded"], on["requests"],
+                     _f((on.get("stages_ms_p50") or {}).get("rerank"), 2)])
+    out = [f"### Rerank on vs off ({r['chunks']:,} synthetic chunks, stored token vectors)", "", _meta_line(r["meta"]),
+           "", f"Closed loop, {r['duration_s']:.0f} s per cell, every query new (no cache hits), the same run and "
+           "index for both columns. `rerank` stage: the gateway's time in the rerank step (the LateScores call).", "",
+           _table(["clients", "off p50 ms", "on p50 ms", "on / off p50", "off p99 ms", "on p99 ms", "off req/s",
+                   "on req/s", "off degraded", "on degraded", "on requests", "rerank stage p50 ms"], rows), ""]
+    floor = r.get("floor") or {}
+    if floor.get("retrieve") and floor.get("retrieve+rerank"):
+        out += [f"In-process floor (same work, no network, one client): {_f(floor['retrieve'].get('p50'))} ms without "
+                f"rerank, {_f(floor['retrieve+rerank'].get('p50'))} ms with it.", ""]
+    return out
 
 
 def speed_section(s: dict[str, Any]) -> list[str]:
@@ -454,6 +479,9 @@ def render(results: Path = RESULTS, docs: Path = DOCS, plots: Path = PLOTS) -> s
     adopted = load("quality", results / "after-defaults")
     if adopted:
         lines += adopted_section(adopted)
+    stored = load("speed", results / "stored-rerank")
+    if stored:
+        lines += stored_rerank_section(stored)
     rerank = load("rerank", results)
     if rerank:
         lines += rerank_cost_section(rerank)

@@ -214,26 +214,48 @@ def register(app: Any) -> None:
 
 class Stage:
     """At most ``concurrency`` requests in a stage at once and ``queue`` more waiting; a request
-    beyond both is shed at once (``Shed``)."""
+    beyond both is shed at once (``Shed``), and so is one that would not get through in time:
+    with ``within`` (seconds it can wait and run), the stage estimates its wait from the requests
+    ahead of it and the recent time per request (an exponential average), and sheds at once
+    rather than let the caller's deadline pass in the queue."""
+
+    #: Weight of the newest observation in the average time per request.
+    _ALPHA = 0.2
 
     def __init__(self, name: str, concurrency: int, queue: int) -> None:
         self.name = name
         self._slots = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
         self._capacity = concurrency + queue
         self._inside = 0  # running or waiting
+        self.seconds_per_request = 0.0  # 0: nothing observed yet
 
     @property
     def load(self) -> int:
         """Requests running or waiting in the stage now."""
         return self._inside
 
+    def expected_seconds(self) -> float:
+        """How long a request admitted now would take to get a slot and finish, on recent form."""
+        ahead = max(0, self._inside - self._concurrency + 1)  # waiting before it gets a slot
+        return (ahead / self._concurrency + 1.0) * self.seconds_per_request
+
     @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
+    async def admit(self, within: float | None = None) -> AsyncIterator[None]:
         if self._inside >= self._capacity:
+            raise Shed(self.name, 1.0)
+        if within is not None and self.expected_seconds() > within:
             raise Shed(self.name, 1.0)
         self._inside += 1
         try:
             async with self._slots:
-                yield
+                started = time.monotonic()
+                try:
+                    yield
+                finally:
+                    took = time.monotonic() - started
+                    previous = self.seconds_per_request
+                    self.seconds_per_request = took if previous == 0 else (
+                        self._ALPHA * took + (1 - self._ALPHA) * previous)
         finally:
             self._inside -= 1

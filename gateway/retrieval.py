@@ -195,7 +195,7 @@ async def _retrieve(backends: Backends, plan: Plan, budget: Budget) -> Outcome:
                 scores = await backends.stored_scores(plan.index_id, plan.query, [f.chunk.id for f in window], timeout)
             if scores is None:
                 # A model run per window: bounded by the rerank stage's admission.
-                async with backends.stages.rerank.admit():
+                async with backends.stages.rerank.admit(within=timeout):
                     scores = await backends.rerank_scores(plan.query, [f.chunk.content for f in window], timeout)
             blended = blend(scores, [f.score for f in window], plan.rerank_blend)
             ranked = sorted(zip(window, blended, strict=True), key=lambda p: (-p[1], p[0].chunk.id))

@@ -233,7 +233,8 @@ def up(
         console.print(f"[red]start-up failed:[/] {exc}")
         raise typer.Exit(1) from None
     key = stack.api_key or ""
-    console.print(f"[green]ready[/] gateway {stack.base_url}  gRPC {stack.grpc_address}  project 'Default'")
+    console.print(f"[green]ready[/] gateway {stack.base_url}  console {stack.base_url}/console  "
+                  f"gRPC {stack.grpc_address}  project 'Default'")
     if not api_key:
         console.print(f"API key: [bold]{key}[/]  (stored in {data_dir / 'api_key'})")
     try:

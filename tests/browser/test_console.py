@@ -3,12 +3,15 @@ three files, wait for the sync, query, move the weight and see the order change,
 result's file at its chunk, grep, manage keys, and a bad key's error. Any console error or
 uncaught exception fails the test (``conftest.ConsoleWatch``).
 
-Each page is photographed on the way into ``docs/console/*.png`` (the README shows them).
+Each page is photographed on the way: into ``docs/console/*.png`` (the README shows them) with
+``QUARRY_UPDATE_SCREENSHOTS=1``, else into a temporary folder, so a test run leaves the tree alone.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,8 @@ from tests.fixtures.ingest.pdf_builder import build_pdf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+SHOTS = (Path(__file__).resolve().parents[2] / "docs" / "console" if os.environ.get("QUARRY_UPDATE_SCREENSHOTS") == "1"
+         else Path(tempfile.gettempdir()) / "quarry-console-screenshots")
 INDEX = "field-notes"
 #: Two notes that disagree by design: the log repeats the word "eruption" (BM25 ranks it first)
 #: but is about a lighthouse; the volcano note means it (the dense leg ranks it first).

@@ -295,6 +295,10 @@ async def test_edge_shard_from_before_token_vectors_keeps_its_layout(tmp_path: P
         assert await new.late_scores(INDEX, _query_tokens(embedder, "tides"), [chunks[3].id]) is None
         await new.upsert("fresh", chunks, _vectors(embedder, chunks), _tokens(embedder, chunks))
         assert await new.late_scores("fresh", _query_tokens(embedder, "tides"), [chunks[3].id]) is not None
+        # A rebuild of the dense engine drops the index and writes it again: in the new layout.
+        await new.drop(INDEX)
+        await new.upsert(INDEX, chunks, _vectors(embedder, chunks), _tokens(embedder, chunks))
+        assert await new.late_scores(INDEX, _query_tokens(embedder, "tides"), [chunks[3].id]) is not None
     finally:
         await new.close()
 
