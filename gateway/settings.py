@@ -25,11 +25,11 @@ class RetrievalDefaults(BaseModel):
     # How many fused candidates the reranker scores (its cost grows with this).
     rerank_depth: int = Field(default=20, ge=1)
     # Weight of the reranker in the order of the reranked window: the window is ordered by
-    # w * minmax(reranker score) + (1 - w) * minmax(fused score). Over the dbsf default's candidates,
-    # 0.2 is the weight that raises mean nDCG@10 on the four judged collections (+0.4 %) without
-    # lowering any by more than 1 %; 1.0 (the reranker alone) lowered three of four, 0.5 lowered
-    # cacm by 4.4 % (docs/benchmarks.md, rerank study).
-    rerank_blend: float = Field(default=0.2, ge=0, le=1)
+    # w * minmax(reranker score) + (1 - w) * minmax(fused score). With the stored token vectors (32
+    # per chunk) over the dbsf default's candidates, 0.1 is the weight that lowers no judged
+    # collection and raises the mean; higher weights help cisi and vaswani but cost cranfield
+    # (docs/benchmarks.md, stored token vectors study).
+    rerank_blend: float = Field(default=0.1, ge=0, le=1)
     # Where the reranker's scores come from. "stored": late interaction over the token vectors the
     # dense service stored with each chunk at ingest (no model run at query time but the query's,
     # which the dense leg has already done); a window with a chunk indexed without them (an index
