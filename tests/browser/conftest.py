@@ -28,13 +28,16 @@ ADMIN_KEY = "qk-console-admin"
 VIEWPORT = {"width": 1366, "height": 860}
 
 
-@pytest.fixture(scope="session")
+# Module scope, both: Playwright's sync API runs its own event loop in this thread while it is
+# open, which would break every asyncio test the session runs after these (and the stack would
+# hold its processes for the rest of the session).
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(tmp_path_factory.mktemp("console"), ADMIN_KEY) as s:
         yield s
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
