@@ -2,7 +2,8 @@
 of ``quarry up``, and each of dense, sparse, rerank and files SIGKILLed (the supervisor restarts
 it) and SIGSTOPped for 10 s under a closed-loop retrieve load.
 
-While a leg or the reranker is down every answer is a 2xx (degraded, and flagged); while the
+While a leg is down every answer is a 2xx (degraded, and flagged); while the rerank process is
+down every answer is a normal one (the default rerank scores stored token vectors); while the
 catalog is down the gateway answers 503 with ``Retry-After``, never 500; within 5 s of the
 process coming back every answer is normal again. The figures of each case are printed
 (``-s``) and published by ``quarry bench faults`` in docs/reliability.md.
@@ -156,7 +157,12 @@ def test_outage_under_load(stack: Stack, index_id: str, target: str, fault: str)
         assert result["unavailable_without_retry_after"] == 0, result
     else:
         assert result["errors"] == 0, result  # a leg or the reranker down: degraded answers only
-        assert result["degraded"] > 0, result
+        if target == "rerank":
+            # The default rerank scores the token vectors dense stored: the rerank process is
+            # only the fallback for indexes without them, so its outage changes no answer here.
+            assert result["degraded"] == 0, result
+        else:
+            assert result["degraded"] > 0, result
     assert result["recovery_s"] is not None and result["recovery_s"] <= 5.0, result
     assert stack.crash_looping() == []
 

@@ -105,9 +105,9 @@ def test_a_retrieve_moves_the_metrics_of_every_process_it_touches(stack: Stack, 
     assert moved("dense", "quarry_grpc_server_handled_total", method="Search", code="OK") == 1
     assert moved("dense", "quarry_grpc_server_handling_seconds_count", method="Search") == 1
     assert moved("sparse", "quarry_grpc_server_handled_total", method="Search", code="OK") == 1
-    assert moved("rerank", "quarry_grpc_server_handled_total", method="Score", code="OK") == 1
-    assert moved("rerank", "quarry_rerank_passages_total") >= 1
-    assert moved("rerank", "quarry_rerank_seconds_count") == 1
+    # The default rerank scores the token vectors dense stored: a LateScores call, no model run.
+    assert moved("dense", "quarry_grpc_server_handled_total", method="LateScores", code="OK") == 1
+    assert moved("rerank", "quarry_grpc_server_handled_total", method="Score") == 0
 
     # The same query again is a cache hit and touches no engine.
     _retrieve(stack, index.id, "volcano eruptions cooled the planet", "obs-metrics-2")
@@ -135,7 +135,8 @@ def test_one_retrieve_is_one_trace_across_every_process(stack: Stack, index: Any
     _retrieve(stack, index.id, QUERY, REQUEST_ID)
     # The gateway's HTTP server span of this request names the trace.
     deadline = time.monotonic() + 20
-    wanted = {"quarry-gateway", "quarry-dense", "quarry-sparse", "quarry-rerank", "quarry-files"}
+    # The default rerank is a dense call (stored token vectors): the rerank process is not on the path.
+    wanted = {"quarry-gateway", "quarry-dense", "quarry-sparse", "quarry-files"}
     while True:
         by_trace: dict[str, set[str]] = defaultdict(set)
         names: dict[str, set[str]] = defaultdict(set)
@@ -143,7 +144,7 @@ def test_one_retrieve_is_one_trace_across_every_process(stack: Stack, index: Any
             by_trace[trace_id].add(service)
             names[trace_id].add(name)
         traces = [t for t, n in names.items() if any("/api/v1/retrieval/retrieve" in x for x in n)
-                  and "quarry-rerank" in by_trace[t]]
+                  and "/quarry.dense.v1.DenseSearch/LateScores" in n]
         if traces and any(wanted <= by_trace[t] for t in traces):
             break
         assert time.monotonic() < deadline, f"no trace spans every process: {[by_trace[t] for t in traces]}"
@@ -151,7 +152,7 @@ def test_one_retrieve_is_one_trace_across_every_process(stack: Stack, index: Any
     trace_id = next(t for t in traces if wanted <= by_trace[t])
     grpc_spans = {n for n in names[trace_id] if n.startswith("/quarry.")}
     assert {"/quarry.dense.v1.DenseSearch/Search", "/quarry.sparse.v1.SparseSearch/Search",
-            "/quarry.rerank.v1.Rerank/Score"} <= grpc_spans, grpc_spans
+            "/quarry.dense.v1.DenseSearch/LateScores"} <= grpc_spans, grpc_spans
 
 
 def test_a_service_log_line_carries_the_callers_request_id_and_trace(stack: Stack, index: Any) -> None:
