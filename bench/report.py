@@ -303,10 +303,10 @@ def stored_rerank_section(r: dict[str, Any]) -> list[str]:
     rows = []
     for c in r["concurrency"]:
         off, on = q["retrieve"][str(c)], q["retrieve+rerank"][str(c)]
-        rows.append([c, _f(off.get("p50")), _f(on.get("p50")), _f(on.get("p50", 0) / off["p50"], 2) if off.get("p50")
-                     else "-", _f(off.get("p99")), _f(on.get("p99")), _f(off["throughput_rps"]),
-                     _f(on["throughput_rps"]), off["degraded"], on["degraded"], on["requests"],
-                     _f((on.get("stages_ms_p50") or {}).get("rerank"), 2)])
+        rows.append([str(c), _f(off.get("p50")), _f(on.get("p50")),
+                     _f(on.get("p50", 0) / off["p50"], 2) if off.get("p50") else "-", _f(off.get("p99")),
+                     _f(on.get("p99")), _f(off["throughput_rps"]), _f(on["throughput_rps"]), str(off["degraded"]),
+                     str(on["degraded"]), f"{on['requests']:,}", _f((on.get("stages_ms_p50") or {}).get("rerank"), 2)])
     out = [f"### Rerank on vs off ({r['chunks']:,} synthetic chunks, stored token vectors)", "", _meta_line(r["meta"]),
            "", f"Closed loop, {r['duration_s']:.0f} s per cell, every query new (no cache hits), the same run and "
            "index for both columns. `rerank` stage: the gateway's time in the rerank step (the LateScores call).", "",
